@@ -1,0 +1,1 @@
+"""Ray actors: supervisor, per-device backup actors and the SSH semaphore."""

@@ -1,0 +1,45 @@
+"""Every Redis key, topic, actor name and metric name, defined once."""
+
+from __future__ import annotations
+
+# Ray
+NAMESPACE = "ray_backup"
+SUPERVISOR_NAME = "supervisor"
+SEMAPHORE_NAME = "ssh-semaphore"
+DEVICE_ACTOR_PREFIX = "device:"
+DEVICE_GROUP_PREFIX = "devices:"
+
+# Kafka
+DEFAULT_TOPIC = "config.snapshots"
+
+# Redis. The first two are the reference scheduler's keys and are shared with
+# other systems (the poller writes the status key), so they carry no prefix.
+DEVICE_STATUS_KEY = "device:{device_id}:status"
+DEVICE_LOCK_KEY = "backup:device:{device_id}"
+# Our own keys live under a configurable prefix.
+DEVICE_STATE_KEY = "{prefix}state:{device_id}"
+DEFAULT_REDIS_PREFIX = "ray_backup:"
+
+# Status values written to the status table and the backup_total metric.
+STATUS_SUCCESS = "success"
+STATUS_FAILED = "failed"
+STATUS_LOCKED = "locked"
+STATUS_SKIPPED_OFFLINE = "skipped_offline"
+STATUS_AUTH_BLOCKED = "auth_blocked"
+STATUS_HOSTKEY_BLOCKED = "hostkey_blocked"
+STATUS_BACKOFF = "backoff"
+STATUS_PENDING = "pending"
+
+# Metrics: the reference scheduler's names are kept, new ones are ray_backup_*.
+METRIC_BACKUP_TOTAL = "mikrotik_config_backup_total"
+METRIC_BACKUP_DURATION = "mikrotik_config_backup_duration_seconds"
+METRIC_BACKUP_ACTIVE = "mikrotik_config_backup_active"
+METRIC_DEVICES = "ray_backup_devices"
+METRIC_DEVICES_BLOCKED = "ray_backup_devices_blocked"
+METRIC_SEMAPHORE_WAITERS = "ray_backup_semaphore_waiters"
+METRIC_SEMAPHORE_HELD = "ray_backup_semaphore_permits_held"
+METRIC_LAST_SUCCESS_AGE = "ray_backup_last_success_age_seconds"
+METRIC_RECONCILE_DURATION = "ray_backup_reconcile_duration_seconds"
+METRIC_RECONCILE_ERRORS = "ray_backup_reconcile_errors_total"
+METRIC_SPOOL_PENDING = "ray_backup_spool_pending"
+METRIC_CONFIG_CHANGES = "ray_backup_config_changes_total"

@@ -1,0 +1,1 @@
+"""Coordination: online gating, per-device locks and persisted state (Redis or in-job)."""

@@ -1,0 +1,1 @@
+"""Credential decryption: legacy AES-256-GCM and OpenBao/Vault Transit, with a TTL cache."""

@@ -1,0 +1,1 @@
+"""Vendor drivers: which command to run, how to validate and normalize its output."""

@@ -1,0 +1,1 @@
+"""Inventory sources: where the device list comes from (PostgreSQL or a YAML file)."""

@@ -1,0 +1,1 @@
+"""A RouterOS SSH simulator for tests, the demo and benchmarks."""

@@ -1,0 +1,1 @@
+"""Sinks: where snapshots are published (Kafka, or a local directory)."""
