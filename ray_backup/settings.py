@@ -22,6 +22,10 @@ from ray_backup import constants as C
 from ray_backup.errors import ConfigError
 
 
+# Names a YAML file holding any of the settings below (the CLI's --config).
+CONFIG_ENV = "RAY_BACKUP_CONFIG"
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
     if number <= 0:
@@ -139,6 +143,7 @@ class Settings:
     ) -> Settings:
         """Build settings; raise ``ConfigError`` listing every problem, one per line."""
         environ = os.environ if environ is None else environ
+        config_file = config_file or environ.get(CONFIG_ENV) or None
         raw: dict[str, Any] = {}
         problems: list[str] = []
         if config_file:

@@ -1,0 +1,73 @@
+"""The one place where Ray options are applied to the plain actor classes."""
+
+from __future__ import annotations
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ray_backup import constants as C
+from ray_backup.actors.device import DeviceBackupActor
+from ray_backup.actors.semaphore import SSHSemaphore
+from ray_backup.models import Device
+
+# Actors wait on the network, not the CPU: they reserve none, so a node's CPU
+# count does not cap how many devices it hosts. Detached, so that they outlive
+# a supervisor restart and can be re-adopted; restarted by Ray when they die.
+_COMMON = dict(namespace=C.NAMESPACE, lifetime="detached", num_cpus=0, max_restarts=-1)
+
+
+def semaphore(limit: int, logins_per_second: float, env_vars: dict[str, str] | None = None):
+    return (
+        ray.remote(SSHSemaphore)
+        .options(name=C.SEMAPHORE_NAME, get_if_exists=True, max_concurrency=100_000,
+                 runtime_env=_runtime_env(env_vars), **_COMMON)
+        .remote(limit, logins_per_second)
+    )
+
+
+def supervisor(env_vars: dict[str, str] | None = None):
+    from ray_backup.actors.supervisor import BackupSupervisor  # it imports this module
+
+    return (
+        ray.remote(BackupSupervisor)
+        .options(name=C.SUPERVISOR_NAME, get_if_exists=True, max_concurrency=10_000,
+                 runtime_env=_runtime_env(env_vars), **_COMMON)
+        .remote()
+    )
+
+
+def device_actor(name: str, devices: list[Device], node_id: str | None):
+    strategy = (
+        NodeAffinitySchedulingStrategy(node_id=node_id, soft=True) if node_id else "SPREAD"
+    )
+    return (
+        ray.remote(DeviceBackupActor)
+        .options(name=name, get_if_exists=True, max_concurrency=10_000,
+                 scheduling_strategy=strategy, **_COMMON)
+        .remote(name, devices)
+    )
+
+
+def _runtime_env(env_vars: dict[str, str] | None) -> dict | None:
+    return {"env_vars": dict(env_vars)} if env_vars else None
+
+
+def fleet_worker(node_id: str, semaphore_name: str, env_vars: dict[str, str] | None = None):
+    from ray_backup.actors.worker import FleetWorker
+
+    return (
+        ray.remote(FleetWorker)
+        .options(namespace=C.NAMESPACE, num_cpus=0, max_concurrency=10_000,
+                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True),
+                 runtime_env=_runtime_env(env_vars))
+        .remote(semaphore_name)
+    )
+
+
+def temporary_semaphore(name: str, limit: int, logins_per_second: float):
+    """A semaphore for one one-shot backup when no job is running; dies with the driver."""
+    return (
+        ray.remote(SSHSemaphore)
+        .options(name=name, namespace=C.NAMESPACE, num_cpus=0, max_concurrency=100_000)
+        .remote(limit, logins_per_second)
+    )

@@ -1,0 +1,352 @@
+"""BackupSupervisor: keeps exactly one loop per inventory device, and the fleet's status.
+
+Each reconcile is level-triggered and idempotent: read the inventory, check the
+device actors, start, stop and update them, even out the nodes. Every step has
+its own error handling, so one failing step never stops the others, and a
+failed inventory read keeps the current actors running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import ray
+
+from ray_backup import constants as C
+from ray_backup import logs
+from ray_backup.actors import options
+from ray_backup.actors.placement import least_loaded, moves_to_balance
+from ray_backup.inventory.base import open_inventory
+from ray_backup.metrics import FleetMetrics
+from ray_backup.models import Device
+from ray_backup.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT_S = 30.0
+# A worker process with ray, paramiko and the clients imported (measured: ~110 MB RSS).
+ACTOR_PROCESS_BYTES = 120 * 1024 * 1024
+
+
+@dataclass
+class Host:
+    """A device actor as the supervisor knows it."""
+
+    name: str
+    handle: object
+    device_ids: set[str] = field(default_factory=set)
+    node_id: str | None = None
+    incarnation: str | None = None
+
+
+class BackupSupervisor:
+    def __init__(self) -> None:
+        self.settings = Settings.load()
+        logs.setup(self.settings.log_level)
+        self._inventory = open_inventory(self.settings)
+        self.devices: dict[str, Device] = {}
+        self.hosts: dict[str, Host] = {}
+        self.rows: dict[str, dict] = {}
+        self._semaphore_stats: dict = {}
+        self._known_errors: set[str] = set()
+        self.metrics = FleetMetrics(lambda: list(self.rows.values()), lambda: self._semaphore_stats)
+        self._metrics_server = None
+        self._task: asyncio.Task | None = None
+        self._reconcile_lock: asyncio.Lock | None = None
+        self._fit_warned = False
+
+    def __repr__(self) -> str:
+        return f"BackupSupervisor({len(self.devices)} devices, {len(self.hosts)} actors)"
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def start(self) -> dict:
+        """Serve metrics, re-adopt live device actors, start reconciling."""
+        if self._task is None or self._task.done():
+            self._reconcile_lock = asyncio.Lock()
+            self._serve_metrics()
+            await self._adopt()
+            await self.reconcile()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return {"devices": len(self.devices), "actors": len(self.hosts), "metrics": self.metrics_address()}
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.device_refresh)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed")
+
+    async def shutdown(self, grace_s: float = 10.0) -> int:
+        """Stop every device actor cleanly and remove it; return how many were removed."""
+        if self._task is not None:
+            self._task.cancel()
+        hosts = list(self.hosts.values())
+        await asyncio.gather(*(self._retire(h, grace_s) for h in hosts), return_exceptions=True)
+        self.hosts.clear()
+        return len(hosts)
+
+    def _serve_metrics(self) -> None:
+        if self._metrics_server is not None:
+            return
+        from prometheus_client import start_http_server
+
+        try:
+            self._metrics_server, _ = start_http_server(
+                self.settings.metrics_port, addr="0.0.0.0", registry=self.metrics.registry
+            )
+        except OSError as exc:
+            log.error("metrics endpoint not started on port %s: %s", self.settings.metrics_port, exc)
+
+    def metrics_address(self) -> str | None:
+        if self._metrics_server is None:
+            return None
+        ip = ray.util.get_node_ip_address()
+        return f"{ip}:{self._metrics_server.server_port}"
+
+    # -- reconcile -------------------------------------------------------------------
+    async def reconcile(self) -> dict:
+        assert self._reconcile_lock is not None, "start() first"
+        async with self._reconcile_lock:
+            started = time.monotonic()
+            summary = {"added": 0, "removed": 0, "updated": 0, "moved": 0, "inventory_ok": False}
+            try:
+                inventory = await asyncio.to_thread(self._inventory.load)
+            except Exception as exc:
+                self.metrics.reconcile_errors.inc()
+                log.error("inventory read failed, keeping %d device actors: %s", len(self.hosts), exc)
+                inventory = None
+            await self._step("check actors", self._check_hosts)
+            if inventory is not None:
+                summary["inventory_ok"] = True
+                self._report_row_errors(inventory.errors)
+                await self._step("apply inventory", self._apply, inventory.devices, summary)
+            await self._step("balance nodes", self._balance, summary)
+            await self._step("semaphore stats", self._poll_semaphore)
+            elapsed = time.monotonic() - started
+            self.metrics.reconcile_duration.observe(elapsed)
+            summary["seconds"] = round(elapsed, 3)
+            log.debug("reconcile: %s", summary)
+            return summary
+
+    async def _step(self, name: str, fn, *args) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("reconcile step %r failed", name)
+
+    def _report_row_errors(self, errors: list[str]) -> None:
+        fresh = set(errors) - self._known_errors
+        for line in sorted(fresh):
+            log.error("inventory: %s", line)
+        self._known_errors = set(errors)
+
+    async def _apply(self, devices: list[Device], summary: dict) -> None:
+        wanted = {d.id: d for d in devices}
+        for device_id in [i for i in self.devices if i not in wanted]:
+            await self._remove_device(device_id)
+            summary["removed"] += 1
+        hosted = {i for h in self.hosts.values() for i in h.device_ids}
+        new = [d for d in devices if d.id not in hosted]
+        changed = [d for d in devices if d.id in hosted and self.devices.get(d.id) != d]
+        self.devices = wanted
+        self._warn_if_not_fitting(len(wanted))
+        for device in changed:
+            host = self._host_of(device.id)
+            if host is not None:
+                await host.handle.update.remote(device)
+                summary["updated"] += 1
+        await self._add_devices(new)
+        summary["added"] += len(new)
+        for device in devices:
+            self.rows.setdefault(device.id, _pending_row(device))
+
+    async def _add_devices(self, devices: list[Device]) -> None:
+        if not devices:
+            return
+        nodes = await self._alive_nodes()
+        load = Counter({n: 0 for n in nodes})
+        for host in self.hosts.values():
+            load[host.node_id] += len(host.device_ids)
+        per_actor = self.settings.devices_per_actor
+        created = []
+        if per_actor == 1:
+            for device in devices:
+                node = least_loaded(nodes, load)
+                load[node] += 1
+                created.append(self._create_host(device.actor_name, [device], node))
+        else:
+            open_hosts = [h for h in self.hosts.values() if len(h.device_ids) < per_actor]
+            queue = list(devices)
+            for host in open_hosts:
+                while queue and len(host.device_ids) < per_actor:
+                    device = queue.pop(0)
+                    await host.handle.update.remote(device)
+                    host.device_ids.add(device.id)
+            while queue:
+                batch, queue = queue[:per_actor], queue[per_actor:]
+                node = least_loaded(nodes, load)
+                load[node] += len(batch)
+                name = f"{C.DEVICE_GROUP_PREFIX}{uuid.uuid4().hex[:12]}"
+                created.append(self._create_host(name, batch, node))
+        await asyncio.gather(*created)
+
+    async def _create_host(self, name: str, devices: list[Device], node_id: str | None) -> None:
+        handle = options.device_actor(name, devices, node_id)
+        host = Host(name, handle, {d.id for d in devices}, node_id)
+        self.hosts[name] = host
+        try:
+            info = await asyncio.wait_for(handle.ping.remote(), PING_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("device actor %s not up yet: %s", name, exc)
+            return
+        host.node_id, host.incarnation = info["node_id"], info["incarnation"]
+
+    async def _remove_device(self, device_id: str) -> None:
+        self.devices.pop(device_id, None)
+        self.rows.pop(device_id, None)
+        host = self._host_of(device_id)
+        if host is None:
+            return
+        host.device_ids.discard(device_id)
+        await host.handle.remove.remote(device_id)
+        if not host.device_ids:
+            await self._retire(host)
+            self.hosts.pop(host.name, None)
+
+    async def _retire(self, host: Host, grace_s: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(host.handle.stop.remote(grace_s), grace_s + 5)
+        except Exception as exc:
+            log.warning("device actor %s did not stop cleanly: %s", host.name, exc)
+        ray.kill(host.handle, no_restart=True)
+
+    async def _check_hosts(self) -> None:
+        """Ping every actor: (re)start its loops, learn its node, resend rows after a restart."""
+        hosts = list(self.hosts.values())
+        results = await asyncio.gather(
+            *(asyncio.wait_for(h.handle.ping.remote(), PING_TIMEOUT_S) for h in hosts),
+            return_exceptions=True,
+        )
+        for host, info in zip(hosts, results):
+            if isinstance(info, ray.exceptions.RayActorError) and not _restarting(info):
+                log.warning("device actor %s is gone; its devices will be recreated", host.name)
+                self.hosts.pop(host.name, None)
+                continue
+            if isinstance(info, BaseException):
+                log.warning("device actor %s did not answer: %s", host.name, info)
+                continue
+            restarted = host.incarnation is not None and info["incarnation"] != host.incarnation
+            host.node_id, host.incarnation = info["node_id"], info["incarnation"]
+            if restarted:
+                log.info("device actor %s restarted on node %s", host.name, host.node_id[:8])
+                for device_id in host.device_ids:
+                    if device_id in self.devices:
+                        await host.handle.update.remote(self.devices[device_id])
+
+    async def _balance(self, summary: dict) -> None:
+        nodes = await self._alive_nodes()
+        layout = {h.name: (h.node_id, len(h.device_ids)) for h in self.hosts.values()}
+        for name, target in moves_to_balance(nodes, layout):
+            host = self.hosts[name]
+            devices = [self.devices[i] for i in host.device_ids if i in self.devices]
+            await self._retire(host)
+            await self._create_host(name, devices, target)
+            summary["moved"] += 1
+
+    async def _poll_semaphore(self) -> None:
+        handle = ray.get_actor(C.SEMAPHORE_NAME, namespace=C.NAMESPACE)
+        self._semaphore_stats = await handle.stats.remote()
+
+    async def _adopt(self) -> None:
+        """After a restart: take over the device actors that are still alive."""
+        names = [
+            a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a.get("namespace") == C.NAMESPACE
+            and a["name"].startswith((C.DEVICE_ACTOR_PREFIX, C.DEVICE_GROUP_PREFIX))
+        ]
+        for name in names:
+            try:
+                handle = ray.get_actor(name, namespace=C.NAMESPACE)
+                info = await asyncio.wait_for(handle.ping.remote(), PING_TIMEOUT_S)
+                rows = await handle.status.remote()
+            except Exception as exc:
+                log.warning("could not adopt device actor %s: %s", name, exc)
+                continue
+            self.hosts[name] = Host(
+                name, handle, set(info["device_ids"]), info["node_id"], info["incarnation"]
+            )
+            for row in rows:
+                self.rows[row["device_id"]] = row
+        if names:
+            log.info("re-adopted %d live device actors", len(self.hosts))
+
+    async def _alive_nodes(self) -> list[str]:
+        nodes = await asyncio.to_thread(ray.nodes)
+        return sorted(n["NodeID"] for n in nodes if n.get("Alive"))
+
+    def _warn_if_not_fitting(self, count: int) -> None:
+        if self._fit_warned or not count:
+            return
+        self._fit_warned = True
+        actors = -(-count // self.settings.devices_per_actor)
+        need = actors * ACTOR_PROCESS_BYTES
+        have = ray.cluster_resources().get("memory", 0)
+        if have and need > have:
+            fits = max(1, int(have // ACTOR_PROCESS_BYTES))
+            log.warning(
+                "%d devices in %d actor processes need about %.1f GB, the cluster has %.1f GB: "
+                "set RAY_BACKUP_DEVICES_PER_ACTOR to at least %d",
+                count, actors, need / 1e9, have / 1e9, -(-count // fits),
+            )
+
+    def _host_of(self, device_id: str) -> Host | None:
+        for host in self.hosts.values():
+            if device_id in host.device_ids:
+                return host
+        return None
+
+    # -- served to device actors, the CLI and notebooks ------------------------------
+    def report(self, row: dict) -> None:
+        if row["device_id"] in self.devices:
+            self.rows[row["device_id"]] = row
+            self.metrics.observe(row)
+
+    def status(self) -> list[dict]:
+        return sorted(self.rows.values(), key=lambda r: (r.get("hostname") or "", r["device_id"]))
+
+    def locate(self, device_ids: list[str] | None = None) -> dict[str, str]:
+        """Which actor hosts each device (all devices when ``device_ids`` is None)."""
+        wanted = set(device_ids) if device_ids is not None else set(self.devices)
+        return {i: h.name for h in self.hosts.values() for i in h.device_ids if i in wanted}
+
+    async def trigger(self, device_id: str) -> dict:
+        host = self._host_of(device_id)
+        if host is None:
+            return {"device_id": device_id, "status": C.STATUS_FAILED, "sha256_hash": None,
+                    "error": f"unknown device {device_id}"}
+        return await host.handle.trigger.remote(device_id)
+
+    def metrics_text(self) -> str:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.metrics.registry).decode()
+
+
+def _restarting(error: BaseException) -> bool:
+    return "restarting" in str(error).lower()
+
+
+def _pending_row(device: Device) -> dict:
+    return {
+        "device_id": device.id, "hostname": device.hostname, "host": device.host,
+        "port": device.port, "routeros_version": device.routeros_version,
+        "status": C.STATUS_PENDING, "last_attempt_at": None, "last_success_at": None,
+        "last_error_kind": None, "last_error": None, "consecutive_failures": 0,
+        "backoff_until": None, "next_due": None, "sha256_hash": None, "changed": None,
+    }

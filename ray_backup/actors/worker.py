@@ -1,0 +1,55 @@
+"""FleetWorker: backs up devices on request (one-shot fleet backups), many at a time.
+
+One worker process per node serves every device it is handed, each backup in
+a thread, gated by the cluster's SSH semaphore and the per-device lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray_backup import constants as C
+from ray_backup import logs
+from ray_backup.actors.device import SemaphorePermits
+from ray_backup.loop import LoopDeps, guarded_backup
+from ray_backup.models import Device
+from ray_backup.runtime import Runtime
+from ray_backup.settings import Settings
+
+
+class FleetWorker:
+    def __init__(self, semaphore_name: str = C.SEMAPHORE_NAME) -> None:
+        self._semaphore_name = semaphore_name
+        self._deps: LoopDeps | None = None
+        self._runtime: Runtime | None = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return "FleetWorker()"
+
+    async def _ensure(self) -> LoopDeps:
+        async with self._lock:
+            if self._deps is None:
+                settings = Settings.load()
+                logs.setup(settings.log_level)
+                self._runtime = await asyncio.to_thread(Runtime, settings)
+                self._deps = LoopDeps(
+                    collector=self._runtime.collector,
+                    coordinator=self._runtime.coordinator,
+                    permits=SemaphorePermits(self._semaphore_name),
+                    schedule=self._runtime.schedule(),
+                )
+        return self._deps
+
+    async def backup(self, device: Device) -> dict:
+        """One backup with online gating, permit and lock; the result as JSON-ready dict."""
+        deps = await self._ensure()
+        if not await asyncio.to_thread(deps.coordinator.is_online, device.id):
+            return {"device_id": device.id, "status": C.STATUS_SKIPPED_OFFLINE, "sha256_hash": None,
+                    "error_kind": None, "error": None, "duration_s": 0.0}
+        result, _ = await guarded_backup(device, deps)
+        return result.to_json()
+
+    async def close(self) -> None:
+        if self._runtime is not None:
+            await asyncio.to_thread(self._runtime.close)

@@ -1,0 +1,142 @@
+"""One backup of one device: credentials, SSH, validate, normalize, hash, publish.
+
+``Collector.backup`` is blocking and never raises for a device's own failure:
+it returns a ``BackupResult`` whose ``error_kind`` is one of the design's kinds.
+The actors, the one-shot fleet backup and the benchmarks all call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Protocol
+
+from ray_backup import constants as C
+from ray_backup import errors
+from ray_backup.drivers.base import Driver, decode_output, sha256_hex
+from ray_backup.drivers.registry import get_driver
+from ray_backup.models import BackupResult, Credentials, Device
+from ray_backup.snapshot import Snapshot, rfc3339_now
+from ray_backup.transport.ssh import SSHOptions, SSHSession
+
+log = logging.getLogger(__name__)
+
+_MAX_ERROR_CHARS = 300
+
+
+class CredentialSource(Protocol):
+    def resolve(self, device: Device) -> Credentials: ...
+
+
+class SnapshotSink(Protocol):
+    def publish(self, snapshot: Snapshot) -> None: ...
+
+
+HostKeyRecorder = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What one SSH session brought back."""
+
+    raw: str
+    version: str | None
+    fingerprint: str | None
+
+
+@dataclass
+class Collector:
+    """Runs the backup pipeline for any device; shared by all loops in a process."""
+
+    credentials: CredentialSource
+    sink: SnapshotSink
+    options: SSHOptions
+    export_mode: str = "show-sensitive"
+    record_host_key: HostKeyRecorder | None = None
+
+    def backup(self, device: Device) -> tuple[BackupResult, Device]:
+        """Back up ``device``; return the result and the device as now known
+        (with a newly trusted host key or a detected version)."""
+        started = time.monotonic()
+        try:
+            snapshot, device = self._backup(device)
+        except Exception as exc:  # every failure becomes a result, never a crash
+            kind = errors.kind_of(exc)
+            if kind == errors.UNKNOWN and not isinstance(exc, errors.RayBackupError):
+                log.exception("device %s: unexpected error during backup", device.id)
+            return self._failed(device, kind, exc, started), device
+        result = BackupResult(
+            device_id=device.id,
+            status=C.STATUS_SUCCESS,
+            sha256_hash=snapshot.sha256_hash,
+            duration_s=time.monotonic() - started,
+            collected_at=snapshot.collected_at,
+        )
+        return result, device
+
+    def _backup(self, device: Device) -> tuple[Snapshot, Device]:
+        driver = get_driver(device.driver)
+        creds = self.credentials.resolve(device)
+        collected = self.collect(device, creds, driver)
+        if device.host_key_fingerprint is None and collected.fingerprint:
+            self._trust(device, collected.fingerprint)
+            device = replace(device, host_key_fingerprint=collected.fingerprint)
+        if collected.version and collected.version != device.routeros_version:
+            device = replace(device, routeros_version=collected.version)
+        driver.validate(collected.raw)
+        normalized = driver.normalize(collected.raw)
+        if not normalized.strip():
+            raise errors.InvalidOutput("nothing left after normalization")
+        snapshot = Snapshot(
+            device_id=device.id,
+            tenant_id=device.tenant_id,
+            collected_at=rfc3339_now(),
+            sha256_hash=sha256_hex(normalized),
+            config_text=normalized,
+            normalization_version=driver.normalization_version,
+            routeros_version=device.routeros_version,
+        )
+        try:
+            self.sink.publish(snapshot)
+        except errors.RayBackupError:
+            raise
+        except Exception as exc:  # a sink bug must still count as "not published"
+            raise errors.PublishFailed(f"{type(exc).__name__}: {exc}") from exc
+        return snapshot, device
+
+    def collect(self, device: Device, creds: Credentials, driver: Driver) -> Collected:
+        """Log in, find the version if unknown, run the export."""
+        with SSHSession(
+            device.host, device.port, creds, device.host_key_fingerprint, self.options
+        ) as ssh:
+            version = device.routeros_version
+            if not version:
+                version = driver.parse_version(decode_output(ssh.run(driver.version_command)))
+            raw = decode_output(ssh.run(driver.export_command(version, self.export_mode)))
+            if version is None:
+                # Still unknown: the export header names the release.
+                version = driver.parse_version(raw)
+            return Collected(raw=raw, version=version, fingerprint=ssh.fingerprint)
+
+    def _trust(self, device: Device, fingerprint: str) -> None:
+        log.info("device %s: trusting host key %s on first use", device.id, fingerprint)
+        if self.record_host_key is None:
+            return
+        try:
+            self.record_host_key(device.id, fingerprint)
+        except Exception as exc:  # the backup itself succeeded; storing the key is retried next time
+            log.warning("device %s: could not store host key: %s", device.id, exc)
+
+    @staticmethod
+    def _failed(device: Device, kind: str, exc: BaseException, started: float) -> BackupResult:
+        message = str(exc) or type(exc).__name__
+        if len(message) > _MAX_ERROR_CHARS:
+            message = message[: _MAX_ERROR_CHARS - 1] + "…"
+        return BackupResult(
+            device_id=device.id,
+            status=C.STATUS_FAILED,
+            error_kind=kind,
+            error=message,
+            duration_s=time.monotonic() - started,
+        )

@@ -1,0 +1,138 @@
+"""The long-running job: connect to Ray, create or re-adopt the actors, block until stopped.
+
+`ray-backup run` and `python -m ray_backup.job` both land here; so does
+`ray job submit --working-dir . -- ray-backup run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+
+import ray
+
+from ray_backup import constants as C
+from ray_backup import logs
+from ray_backup.settings import CONFIG_ENV, Settings
+
+log = logging.getLogger("ray_backup.job")
+
+# Settings passed on the command line become these variables for every actor.
+OPTION_ENV = {"inventory": "RAY_BACKUP_INVENTORY", "output": "RAY_BACKUP_OUTPUT_DIR", "config": CONFIG_ENV}
+
+
+def actor_env(overrides: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The settings this driver was given, as environment variables for the actors.
+
+    Ray starts actor processes with the environment of the node's raylet, not
+    of this driver; the runtime_env carries the settings over. Paths are made
+    absolute so that they mean the same in the actors' working directory.
+    """
+    names = {f.metadata["env"] for f in dataclasses.fields(Settings)} | {CONFIG_ENV}
+    env = {name: os.environ[name] for name in names if os.environ.get(name)}
+    for option, value in (overrides or {}).items():
+        if value:
+            env[OPTION_ENV[option]] = value
+    for name in ("RAY_BACKUP_INVENTORY", "RAY_BACKUP_OUTPUT_DIR", CONFIG_ENV, "RAY_BACKUP_SPOOL_DIR"):
+        if name in env and "://" not in env[name]:
+            env[name] = os.path.abspath(env[name])
+    return env
+
+
+def connect(address: str | None = None, **local_options) -> None:
+    """Join the cluster at RAY_ADDRESS (or ``address``); start a local Ray when there is none."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, namespace=C.NAMESPACE, log_to_driver=True)
+    else:
+        local_options.setdefault("include_dashboard", True)
+        ray.init(namespace=C.NAMESPACE, **local_options)
+
+
+def start(settings: Settings, env: dict[str, str]):
+    """Create or re-adopt the semaphore and the supervisor; return the supervisor's handle."""
+    from ray_backup.actors import options
+
+    semaphore = options.semaphore(settings.max_concurrent, settings.logins_per_second, env)
+    # A semaphore that already existed keeps its leases; apply today's limits to it.
+    ray.get(semaphore.set_limits.remote(settings.max_concurrent, settings.logins_per_second))
+    supervisor = options.supervisor(env)
+    summary = ray.get(supervisor.start.remote())
+    log.info(
+        "job running: %d devices in %d actors; metrics at http://%s/metrics",
+        summary["devices"], summary["actors"], summary["metrics"],
+    )
+    return supervisor
+
+
+def running_supervisor():
+    """The supervisor of a job already running on this cluster, or None."""
+    try:
+        return ray.get_actor(C.SUPERVISOR_NAME, namespace=C.NAMESPACE)
+    except ValueError:
+        return None
+
+
+def stop_all(grace_s: float = 10.0) -> int:
+    """Stop the job's actors cleanly (device actors first); return how many device actors went."""
+    removed = 0
+    supervisor = running_supervisor()
+    if supervisor is not None:
+        try:
+            removed = ray.get(supervisor.shutdown.remote(grace_s), timeout=grace_s + 60)
+        except Exception as exc:
+            log.warning("supervisor did not shut down cleanly: %s", exc)
+        ray.kill(supervisor, no_restart=True)
+    for info in ray.util.list_named_actors(all_namespaces=True):
+        if info.get("namespace") != C.NAMESPACE:
+            continue
+        try:
+            ray.kill(ray.get_actor(info["name"], namespace=C.NAMESPACE), no_restart=True)
+        except ValueError:
+            pass
+    return removed
+
+
+def run(settings: Settings, env: dict[str, str], service: bool = False, status_every: float = 60.0) -> int:
+    """Block until SIGTERM/SIGINT (what `ray job stop` sends); then stop cleanly unless ``service``."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    supervisor = start(settings, env)
+    while not stop.wait(status_every):
+        try:
+            rows = ray.get(supervisor.status.remote(), timeout=30)
+        except Exception as exc:
+            log.warning("status not available: %s", exc)
+            continue
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        log.info("fleet: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "empty")
+    if service:
+        log.info("driver exiting; actors keep running (service mode). Stop them with `ray-backup stop`.")
+        return 0
+    log.info("stopping: device actors finish or abandon their backups")
+    started = time.monotonic()
+    removed = stop_all()
+    log.info("stopped %d device actors in %.1f s", removed, time.monotonic() - started)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ray_backup.cli import main as cli_main
+
+    return cli_main(["run", *(argv if argv is not None else [])])
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

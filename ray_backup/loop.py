@@ -1,0 +1,246 @@
+"""DeviceLoop: one device's state and timer loop, and the backup tick.
+
+Plain asyncio, no Ray: the actor hosts one (or, packed, several) of these, and
+unit tests drive it with fakes and a fake clock. Blocking work (Redis, SSH) runs
+in threads so one process can keep many device loops going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+from ray_backup import constants as C
+from ray_backup import state as sm
+from ray_backup.backup import Collector
+from ray_backup.models import BackupResult, Device, DeviceState
+
+log = logging.getLogger(__name__)
+
+
+class Permits(Protocol):
+    """The SSH semaphore as the loop sees it."""
+
+    async def acquire(self, holder: str, lease_s: float) -> Any: ...
+    async def release(self, lease: Any) -> None: ...
+
+
+class Clock(Protocol):
+    def time(self) -> float: ...
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool: ...
+
+
+class RealClock:
+    def time(self) -> float:
+        return time.time()
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout))
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+
+@dataclass(frozen=True)
+class Schedule:
+    interval: float
+    jitter_min: float
+    jitter_max: float
+    lock_ttl: float
+    lease_s: float
+
+
+@dataclass
+class LoopDeps:
+    collector: Collector
+    coordinator: Any  # coordination.base.Coordinator
+    permits: Permits
+    schedule: Schedule
+    report: Callable[[dict], Awaitable[None] | None] = lambda row: None
+    clock: Clock = field(default_factory=RealClock)
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class DeviceLoop:
+    """Keeps one device backed up on schedule."""
+
+    def __init__(self, device: Device, deps: LoopDeps, state: DeviceState | None = None) -> None:
+        self.device = device
+        self.deps = deps
+        self.state = state or DeviceState()
+        self.changed: bool | None = None
+        self.last_duration_s: float | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._busy = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        sm.unblock_if_changed(self.state, device)
+
+    def __repr__(self) -> str:
+        return f"DeviceLoop({self.device.label()}, {self.state.last_status})"
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run(), name=self.device.id)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Let a running backup finish within ``grace_s``, then abandon it."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=grace_s)
+        except asyncio.TimeoutError:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        except asyncio.CancelledError:
+            pass
+
+    def update(self, device: Device) -> None:
+        """A changed inventory row: new address, credentials or stored host key."""
+        self.device = device
+        if sm.unblock_if_changed(self.state, device):
+            log.info("device %s: credentials or host key changed; unblocked", device.id)
+            self.state.next_due = self.deps.clock.time()
+            self._save()
+            self._wake.set()
+
+    # -- the timer loop ------------------------------------------------------------
+    async def run(self) -> None:
+        clock, sched = self.deps.clock, self.deps.schedule
+        now = clock.time()
+        if self.state.next_due is None or self.state.next_due < now:
+            # First start, or overdue after a restart: spread the fleet out.
+            delay = sm.jitter_seconds(sched.jitter_min, sched.jitter_max, self.deps.rng)
+            self.state.next_due = now + delay
+            self._save()
+        log.debug("device %s: first backup in %.0f s", self.device.id, self.state.next_due - now)
+        while not self._stopping:
+            self._wake.clear()
+            remaining = self.state.next_due - clock.time()
+            if remaining > 0:
+                await clock.wait(self._wake, remaining)
+                continue
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one tick must not end the device's schedule
+                log.exception("device %s: tick failed", self.device.id)
+                self.state.next_due = clock.time() + sched.interval
+
+    async def tick(self, manual: bool = False) -> BackupResult:
+        """One backup attempt with all gating; ``manual`` skips the online and block gates."""
+        async with self._busy:
+            result = await self._tick(manual)
+        now = self.deps.clock.time()
+        sm.record_result(self.state, result, self.device, now)
+        self._schedule_next(result, now)
+        self._save()
+        await self._report(result)
+        return result
+
+    async def _tick(self, manual: bool) -> BackupResult:
+        dev, deps = self.device, self.deps
+        if not manual:
+            if not await asyncio.to_thread(deps.coordinator.is_online, dev.id):
+                log.debug("device %s: skipped, offline", dev.id)
+                return BackupResult(dev.id, C.STATUS_SKIPPED_OFFLINE)
+            reason = sm.gate(self.state, deps.clock.time())
+            if reason:
+                log.info("device %s: skipped, %s", dev.id, reason)
+                return BackupResult(dev.id, reason)
+        sm.record_attempt(self.state, deps.clock.time())
+        result, self.device = await guarded_backup(dev, deps)
+        self._log_result(result)
+        return result
+
+    def _schedule_next(self, result: BackupResult, now: float) -> None:
+        nxt = now + self.deps.schedule.interval
+        if self.state.backoff_until > now:
+            # Retry when the backoff ends, not a whole interval later.
+            nxt = min(nxt, self.state.backoff_until)
+        self.state.next_due = nxt
+
+    def _log_result(self, result: BackupResult) -> None:
+        previous = self.state.last_hash
+        self.last_duration_s = result.duration_s
+        if result.status == C.STATUS_LOCKED:
+            return
+        if result.ok:
+            self.changed = bool(previous) and previous != result.sha256_hash
+            log.info(
+                "device %s: backup ok in %.1f s, sha256 %s%s", self.device.id, result.duration_s,
+                result.sha256_hash[:12], " (changed)" if self.changed else "",
+            )
+        else:
+            log.warning(
+                "device %s: backup failed (%s): %s", self.device.id, result.error_kind, result.error
+            )
+
+    def _save(self) -> None:
+        try:
+            self.deps.coordinator.save_state(self.device.id, self.state)
+        except Exception as exc:  # the coordinator keeps it pending; never stop the loop
+            log.warning("device %s: could not persist state: %s", self.device.id, exc)
+
+    async def _report(self, result: BackupResult) -> None:
+        try:
+            maybe = self.deps.report(self.row(result))
+            if asyncio.iscoroutine(maybe) or isinstance(maybe, asyncio.Future):
+                await maybe
+        except Exception as exc:
+            log.debug("device %s: status report not delivered: %s", self.device.id, exc)
+
+    def row(self, result: BackupResult | None = None) -> dict:
+        """The device's line in the fleet status table; holds no secret."""
+        s, d = self.state, self.device
+        return {
+            "device_id": d.id,
+            "hostname": d.hostname,
+            "host": d.host,
+            "port": d.port,
+            "routeros_version": d.routeros_version,
+            "status": s.last_status,
+            "last_attempt_at": s.last_attempt_at,
+            "last_success_at": s.last_success_at,
+            "last_error_kind": s.last_error_kind or None,
+            "last_error": s.last_error or None,
+            "consecutive_failures": s.consecutive_failures,
+            "backoff_until": s.backoff_until or None,
+            "next_due": s.next_due,
+            "sha256_hash": s.last_hash or None,
+            "changed": self.changed,
+            "result_status": result.status if result else None,
+            "duration_s": result.duration_s if result else self.last_duration_s,
+        }
+
+
+async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, Device]:
+    """Take an SSH permit, then the device's lock; back up; give both back."""
+    lease = await deps.permits.acquire(device.id, deps.schedule.lease_s)
+    try:
+        lock = await asyncio.to_thread(deps.coordinator.acquire_lock, device.id, deps.schedule.lock_ttl)
+        if lock is None:
+            log.info("device %s: skipped, locked by another process", device.id)
+            return BackupResult(device.id, C.STATUS_LOCKED), device
+        try:
+            return await asyncio.to_thread(deps.collector.backup, device)
+        finally:
+            await asyncio.to_thread(_release_quietly, lock, device.id)
+    finally:
+        await deps.permits.release(lease)
+
+
+def _release_quietly(lock: Any, device_id: str) -> None:
+    try:
+        lock.release()
+    except Exception as exc:
+        log.warning("device %s: could not release backup lock: %s", device_id, exc)

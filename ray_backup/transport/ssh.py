@@ -1,0 +1,216 @@
+"""One SSH login, one or more commands, every failure classified into an error kind.
+
+Blocking (paramiko); async callers run it in a thread. Host keys are checked
+before authentication, so a password is never sent to a host whose key changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+import paramiko
+
+from ray_backup.errors import (
+    AuthFailed,
+    CommandTimeout,
+    ConnectionRefused,
+    HostKeyMismatch,
+    RayBackupError,
+    TruncatedOutput,
+    Unreachable,
+)
+from ray_backup.models import Credentials
+
+log = logging.getLogger(__name__)
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+# RouterOS is known to cut exports short over small windows: ask for a large one.
+WINDOW_SIZE = 64 * 1024 * 1024
+MAX_PACKET_SIZE = 32768
+_READ_CHUNK = 256 * 1024
+_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class SSHOptions:
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+    max_output_bytes: int = 16 * 1024 * 1024
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """`ssh-keygen -lf` format: SHA256: + unpadded base64 of the key blob's SHA-256."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class SSHSession:
+    """A logged-in SSH connection; use as a context manager.
+
+    ``known_fingerprint`` None means trust on first use: the observed key's
+    fingerprint is available as ``.fingerprint`` for the caller to store.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        credentials: Credentials,
+        known_fingerprint: str | None,
+        options: SSHOptions,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._credentials = credentials
+        self._known = known_fingerprint
+        self.options = options
+        self.fingerprint: str | None = None
+        self._transport: paramiko.Transport | None = None
+
+    def __repr__(self) -> str:
+        return f"SSHSession({self.host}:{self.port})"
+
+    def __enter__(self) -> SSHSession:
+        try:
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def _connect(self) -> None:
+        sock = _open_socket(self.host, self.port, self.options.connect_timeout)
+        transport = paramiko.Transport(
+            sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
+        )
+        self._transport = transport
+        transport.banner_timeout = self.options.connect_timeout
+        transport.handshake_timeout = self.options.connect_timeout
+        transport.auth_timeout = self.options.connect_timeout
+        try:
+            transport.start_client(timeout=self.options.connect_timeout)
+        except paramiko.SSHException as exc:
+            raise _handshake_error(exc, self.options.connect_timeout) from None
+        except (EOFError, OSError) as exc:
+            raise TruncatedOutput(f"connection closed during SSH handshake ({type(exc).__name__})")
+        self.fingerprint = fingerprint(transport.get_remote_server_key())
+        if self._known and self.fingerprint != self._known:
+            raise HostKeyMismatch(
+                f"host key changed: stored {self._known}, device presented {self.fingerprint}"
+            )
+        self._authenticate(transport)
+
+    def _authenticate(self, transport: paramiko.Transport) -> None:
+        creds = self._credentials
+        try:
+            if creds.key_file:
+                transport.auth_publickey(creds.username, paramiko.PKey.from_path(creds.key_file))
+            else:
+                _auth_password(transport, creds.username, creds.password or "")
+        except paramiko.AuthenticationException:
+            raise AuthFailed(f"authentication failed for user {creds.username!r}") from None
+        except (OSError, paramiko.SSHException) as exc:
+            raise _session_error(exc, "authentication") from None
+        if not transport.is_authenticated():
+            raise AuthFailed(f"authentication failed for user {creds.username!r}")
+
+    def run(self, command: str) -> bytes:
+        """Run one command over exec; return its output (stdout, then stderr)."""
+        assert self._transport is not None, "session is not connected"
+        opts = self.options
+        try:
+            channel = self._transport.open_session(
+                window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=opts.connect_timeout
+            )
+            channel.set_combine_stderr(True)
+            channel.exec_command(command)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise _session_error(exc, "opening the command channel") from None
+        try:
+            return self._read(channel, command)
+        finally:
+            channel.close()
+
+    def _read(self, channel: paramiko.Channel, command: str) -> bytes:
+        opts = self.options
+        deadline = time.monotonic() + opts.command_timeout
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommandTimeout(
+                    f"{command!r} did not finish within {opts.command_timeout:g} s "
+                    f"({size} bytes received)"
+                )
+            channel.settimeout(min(_POLL_S, remaining))
+            try:
+                data = channel.recv(_READ_CHUNK)
+            except socket.timeout:
+                continue
+            except (OSError, EOFError, paramiko.SSHException):
+                data = b""
+            if not data:
+                break
+            size += len(data)
+            if size > opts.max_output_bytes:
+                raise TruncatedOutput(
+                    f"{command!r} output exceeded the {opts.max_output_bytes} byte cap"
+                )
+            chunks.append(data)
+        if not channel.exit_status_ready() and not (self._transport and self._transport.is_active()):
+            raise TruncatedOutput(f"connection lost during {command!r} after {size} bytes")
+        return b"".join(chunks)
+
+
+def _open_socket(host: str, port: int, timeout: float) -> socket.socket:
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except ConnectionRefusedError:
+        raise ConnectionRefused(f"connection refused by {host}:{port}") from None
+    except socket.timeout:
+        raise Unreachable(f"no answer from {host}:{port} within {timeout:g} s") from None
+    except socket.gaierror as exc:
+        raise Unreachable(f"cannot resolve {host!r}: {exc.strerror}") from None
+    except OSError as exc:
+        raise Unreachable(f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _auth_password(transport: paramiko.Transport, username: str, password: str) -> None:
+    try:
+        transport.auth_password(username, password)
+    except paramiko.BadAuthenticationType as exc:
+        if "keyboard-interactive" not in exc.allowed_types:
+            raise
+        transport.auth_interactive(username, lambda _t, _i, prompts: [password] * len(prompts))
+
+
+def _handshake_error(exc: paramiko.SSHException, timeout: float) -> RayBackupError:
+    text = str(exc)
+    if "banner" in text.lower():
+        return CommandTimeout(f"device accepted TCP but sent no SSH banner within {timeout:g} s")
+    if "timeout" in text.lower() or "timed out" in text.lower():
+        return CommandTimeout(f"SSH handshake did not finish within {timeout:g} s")
+    return _session_error(exc, "the SSH handshake")
+
+
+def _session_error(exc: BaseException, during: str) -> RayBackupError:
+    if isinstance(exc, socket.timeout) or "timed out" in str(exc).lower():
+        return CommandTimeout(f"timed out during {during}")
+    if isinstance(exc, (EOFError, ConnectionResetError)) or "closed" in str(exc).lower():
+        return TruncatedOutput(f"connection closed during {during}")
+    generic = RayBackupError(f"SSH error during {during}: {type(exc).__name__}: {exc}")
+    return generic

@@ -1,0 +1,181 @@
+"""DeviceLoop on a fake clock with fake collaborators: the tick's gating and the schedule."""
+
+import asyncio
+
+import pytest
+
+from ray_backup import constants as C
+from ray_backup import errors
+from ray_backup.loop import DeviceLoop, LoopDeps, Schedule
+from ray_backup.models import BackupResult, CredentialRef, Device
+
+DEVICE = Device(
+    id="7d0c6a1e-3f57-4c7e-9a8e-2b1f0c9d4e51", host="127.0.0.1", port=2201,
+    credentials=CredentialRef(inventory_file="/x.yaml", username="admin", digest="d1"),
+)
+SCHEDULE = Schedule(interval=3600, jitter_min=30, jitter_max=300, lock_ttl=90, lease_s=200)
+
+
+class FakeClock:
+    def __init__(self, now=1_000_000.0):
+        self.now = now
+
+    def time(self):
+        return self.now
+
+    async def wait(self, event, timeout):
+        # Jump straight to the deadline unless something already woke us.
+        await asyncio.sleep(0)
+        if event.is_set():
+            return True
+        self.now += max(timeout, 0)
+        return False
+
+
+class FakeCoordinator:
+    def __init__(self, online=True, locked=False):
+        self.online, self.locked = online, locked
+        self.saved, self.locks_held = {}, 0
+
+    def is_online(self, device_id):
+        return self.online
+
+    def acquire_lock(self, device_id, ttl_s):
+        if self.locked:
+            return None
+        self.locks_held += 1
+        coordinator = self
+
+        class Lock:
+            def release(self):
+                coordinator.locks_held -= 1
+
+        return Lock()
+
+    def save_state(self, device_id, state):
+        self.saved[device_id] = state.to_dict()
+
+
+class FakePermits:
+    def __init__(self):
+        self.held = 0
+
+    async def acquire(self, holder, lease_s):
+        self.held += 1
+        return 1
+
+    async def release(self, lease):
+        self.held -= 1
+
+
+class ScriptedCollector:
+    """Returns the scripted results in order."""
+
+    def __init__(self, *results):
+        self.results = list(results)
+        self.calls = 0
+
+    def backup(self, device):
+        self.calls += 1
+        kind = self.results.pop(0)
+        if kind == "ok":
+            return BackupResult(device.id, C.STATUS_SUCCESS, sha256_hash=f"{self.calls:064x}"), device
+        return BackupResult(device.id, C.STATUS_FAILED, error_kind=kind, error=kind), device
+
+
+def make_loop(collector, coordinator=None, permits=None, clock=None):
+    reports = []
+    deps = LoopDeps(
+        collector=collector, coordinator=coordinator or FakeCoordinator(),
+        permits=permits or FakePermits(), schedule=SCHEDULE, report=reports.append,
+        clock=clock or FakeClock(),
+    )
+    return DeviceLoop(DEVICE, deps), reports
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_offline_device_is_skipped_without_ssh():
+    collector = ScriptedCollector()
+    loop, reports = make_loop(collector, FakeCoordinator(online=False))
+    result = run(loop.tick())
+    assert result.status == C.STATUS_SKIPPED_OFFLINE and collector.calls == 0
+    assert reports[-1]["status"] == C.STATUS_SKIPPED_OFFLINE
+
+
+def test_locked_device_is_skipped_and_permit_returned():
+    permits = FakePermits()
+    loop, _ = make_loop(ScriptedCollector(), FakeCoordinator(locked=True), permits)
+    assert run(loop.tick()).status == C.STATUS_LOCKED
+    assert permits.held == 0
+
+
+def test_failure_retries_at_backoff_end_and_success_resumes_interval():
+    clock = FakeClock()
+    coordinator = FakeCoordinator()
+    loop, _ = make_loop(ScriptedCollector(errors.TIMEOUT, "ok"), coordinator, clock=clock)
+    start = clock.now
+    run(loop.tick())
+    assert loop.state.next_due == start + 300  # 5 min backoff, not the 1 h interval
+    assert coordinator.locks_held == 0
+    clock.now = loop.state.next_due
+    assert run(loop.tick()).ok
+    assert loop.state.next_due == clock.now + SCHEDULE.interval
+    assert coordinator.saved[DEVICE.id]["consecutive_failures"] == 0
+
+
+def test_auth_failure_blocks_scheduled_ticks_but_not_manual_trigger():
+    collector = ScriptedCollector(errors.AUTH_FAILED, "ok")
+    loop, _ = make_loop(collector)
+    run(loop.tick())
+    assert run(loop.tick()).status == C.STATUS_AUTH_BLOCKED
+    assert collector.calls == 1
+    assert run(loop.tick(manual=True)).ok  # an operator's trigger goes through
+    assert loop.state.last_error_kind == ""
+
+
+def test_changed_credentials_unblock_and_wake_the_loop():
+    loop, _ = make_loop(ScriptedCollector(errors.AUTH_FAILED))
+    run(loop.tick())
+    changed = Device(**{**DEVICE.__dict__, "credentials": CredentialRef(digest="d2")})
+    loop.update(changed)
+    assert loop.state.last_status == C.STATUS_PENDING
+    assert loop.state.next_due <= loop.deps.clock.time()
+
+
+def test_timer_loop_jitters_first_backup_then_keeps_the_interval():
+    clock = FakeClock()
+    collector = ScriptedCollector("ok", "ok", "ok")
+    loop, reports = make_loop(collector, clock=clock)
+    start = clock.now
+
+    async def main():
+        loop.start()
+        while collector.calls < 3:
+            await asyncio.sleep(0)
+        await loop.stop(grace_s=1)
+
+    run(main())
+    first = reports[0]["last_attempt_at"]
+    assert start + 30 <= first <= start + 300
+    attempts = [r["last_attempt_at"] for r in reports]
+    assert [b - a for a, b in zip(attempts, attempts[1:])] == [SCHEDULE.interval] * 2
+
+
+def test_restored_state_resumes_schedule_and_stays_blocked():
+    loop, _ = make_loop(ScriptedCollector(errors.HOST_KEY_MISMATCH))
+    run(loop.tick())
+    saved = loop.state
+    again, _ = make_loop(ScriptedCollector())
+    again.state = saved
+    assert run(again.tick()).status == C.STATUS_HOSTKEY_BLOCKED
+
+
+@pytest.mark.parametrize("kind", errors.ERROR_KINDS)
+def test_every_error_kind_leaves_no_lock_or_permit(kind):
+    permits, coordinator = FakePermits(), FakeCoordinator()
+    loop, _ = make_loop(ScriptedCollector(kind), coordinator, permits)
+    assert run(loop.tick()).error_kind == kind
+    assert permits.held == 0 and coordinator.locks_held == 0
