@@ -50,6 +50,8 @@ class Driver:
     def normalize(self, raw: str) -> str:
         """Apply the cleanup rules, then the shared white-space rules."""
         text = raw.replace("\r\n", "\n").replace("\r", "\n")
+        # Trailing white space first, so that rules can anchor on line ends.
+        text = "\n".join(line.rstrip() for line in text.split("\n"))
         for step in self.cleanup:
             text = step.apply(text)
         lines = [line.rstrip() for line in text.split("\n")]
