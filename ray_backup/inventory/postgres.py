@@ -1,0 +1,191 @@
+"""The-other-dude's ``devices`` table as the inventory (PostgreSQL, psycopg 3).
+
+The whole fleet is read in one query; each row is checked on its own, so one
+bad row costs one error line, not the reconcile. The job writes only the three
+``ssh_host_key_*`` columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from ray_backup.credentials.transit import is_transit_ciphertext
+from ray_backup.inventory.base import Inventory
+from ray_backup.inventory.fields import parse_db_address, parse_port, parse_uuid
+from ray_backup.models import CredentialRef, Device, secret_digest
+
+CONNECT_TIMEOUT_S = 5
+LOAD_TIMEOUT = "30s"
+
+# ip_address::text works for inet (prints '10.0.0.1/32') and for text columns alike.
+LOAD_QUERY = """
+SELECT id::text, tenant_id::text, hostname, ip_address::text, ssh_port,
+       encrypted_credentials, encrypted_credentials_transit,
+       routeros_version, ssh_host_key_fingerprint
+FROM devices
+ORDER BY id
+"""
+
+# First use: store only where no key is stored yet; storing the same key again is
+# a verification, never a replacement (clearing a key is an operator action).
+RECORD_QUERY = """
+UPDATE devices
+SET ssh_host_key_fingerprint = %(fp)s,
+    ssh_host_key_first_seen = COALESCE(ssh_host_key_first_seen, now()),
+    ssh_host_key_last_verified = now()
+WHERE id = %(id)s
+  AND (ssh_host_key_fingerprint IS NULL OR ssh_host_key_fingerprint = ''
+       OR ssh_host_key_fingerprint = %(fp)s)
+"""
+VERIFIED_QUERY = """
+UPDATE devices SET ssh_host_key_last_verified = now()
+WHERE id = %(id)s AND ssh_host_key_fingerprint IS NOT NULL
+"""
+RESET_QUERY = """
+UPDATE devices
+SET ssh_host_key_fingerprint = NULL, ssh_host_key_first_seen = NULL,
+    ssh_host_key_last_verified = NULL
+WHERE id = %(id)s
+"""
+
+T = TypeVar("T")
+
+
+def psycopg_url(url: str) -> str:
+    """Accept SQLAlchemy-style schemes (``postgresql+asyncpg://``) as plain libpq URLs."""
+    return re.sub(r"^postgres(?:ql)?\+\w+://", "postgresql://", url, flags=re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """The URL (or ``key=value`` DSN) without its password, for reprs and logs."""
+    if "://" not in url:
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = re.sub(r"(password=)[^&]*", r"\1***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class PostgresInventory:
+    """Reads devices from PostgreSQL; keeps one connection, reconnects when it breaks."""
+
+    def __init__(self, url: str, connect_timeout: int = CONNECT_TIMEOUT_S) -> None:
+        self._url = psycopg_url(url)
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresInventory({redact_url(self._url)!r})"
+
+    def load(self) -> Inventory:
+        """All devices; raises ``psycopg.Error`` when the table cannot be read."""
+        rows = self._run(_fetch_devices)
+        inventory = Inventory()
+        for row in rows:
+            _add_row(inventory, row)
+        return inventory
+
+    def record_host_key(self, device_id: str, fingerprint: str) -> bool:
+        params = {"id": parse_uuid(device_id), "fp": fingerprint}
+        return self._run(lambda conn: conn.execute(RECORD_QUERY, params).rowcount == 1)
+
+    def mark_verified(self, device_id: str) -> None:
+        params = {"id": parse_uuid(device_id)}
+        self._run(lambda conn: conn.execute(VERIFIED_QUERY, params))
+
+    def reset_host_key(self, device_id: str) -> bool:
+        params = {"id": parse_uuid(device_id)}
+        return self._run(lambda conn: conn.execute(RESET_QUERY, params).rowcount == 1)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """Run ``work``; a connection that broke since its last use gets one retry."""
+        with self._lock:
+            reused = self._conn is not None and not self._conn.closed
+            try:
+                return work(self._connection())
+            except psycopg.OperationalError:
+                self._drop()
+                if not reused:
+                    raise
+            return work(self._connection())
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self._url,
+                connect_timeout=self._connect_timeout,
+                autocommit=True,
+                application_name="ray-backup",
+                # No server-side prepared statements: they break behind PgBouncer.
+                prepare_threshold=None,
+            )
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+
+def _fetch_devices(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    # SET LOCAL inside a transaction: the timeout cannot leak to a pooled session.
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(f"SET LOCAL statement_timeout = '{LOAD_TIMEOUT}'")
+        cur.execute(LOAD_QUERY)
+        return cur.fetchall()
+
+
+def _add_row(inventory: Inventory, row: tuple[Any, ...]) -> None:
+    (device_id, tenant_id, hostname, address, port,
+     legacy, transit, version, fingerprint) = row
+    label = f"devices row (id {device_id!r}" + (f", hostname {hostname!r})" if hostname else ")")
+    legacy = bytes(legacy) if legacy else None
+    transit = transit.strip() if transit and transit.strip() else None
+    if not legacy and not transit:
+        inventory.skipped.append(f"{label}: no credentials stored; not backed up")
+        return
+    problems = []
+    if transit and not is_transit_ciphertext(transit) and not legacy:
+        problems.append("encrypted_credentials_transit is not a 'vault:v…' ciphertext")
+    if tenant_id is None:
+        problems.append("tenant_id is NULL")
+    try:
+        host = parse_db_address(address)
+    except ValueError as exc:
+        problems.append(str(exc))
+    try:
+        port = parse_port(port, "ssh_port")
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        inventory.errors.append(f"{label}: {'; '.join(problems)}")
+        return
+    if transit and not is_transit_ciphertext(transit):
+        transit = None  # not Transit after all; the legacy blob serves
+    inventory.devices.append(Device(
+        id=device_id,
+        host=host,
+        port=port,
+        tenant_id=tenant_id,
+        hostname=(hostname or "").strip() or None,
+        routeros_version=(version or "").strip() or None,
+        host_key_fingerprint=(fingerprint or "").strip() or None,
+        credentials=CredentialRef(
+            transit=transit, legacy=legacy, digest=secret_digest(transit, legacy)
+        ),
+    ))
