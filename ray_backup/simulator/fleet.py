@@ -115,6 +115,7 @@ def write_inventory_yaml(
         row = {
             "id": device.id,
             "tenant_id": tenant_id,
+            "hostname": device.name,
             "host": device.host or "127.0.0.1",
             "port": device.port,
             "username": device.username,

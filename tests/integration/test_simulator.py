@@ -20,6 +20,7 @@ import paramiko
 import pytest
 import yaml
 
+from ray_backup.inventory.yamlfile import YamlInventory
 from ray_backup.simulator import (
     SimDevice,
     Simulator,
@@ -468,9 +469,13 @@ def test_inventory_yaml_describes_the_fleet(tmp_path: Path):
         path = write_inventory_yaml(tmp_path / "fleet.yaml", devices)
         rows = yaml.safe_load(path.read_text())["devices"]
         assert [row["id"] for row in rows] == [d.id for d in devices]
+        assert [row["hostname"] for row in rows] == [d.name for d in devices]
+        loaded = YamlInventory(path).load()  # the project's own reader accepts it
+        assert [(d.id, d.port) for d in loaded.devices] == [(d.id, d.port) for d in devices]
         assert set(rows[0]) == {
             "id",
             "tenant_id",
+            "hostname",
             "host",
             "port",
             "username",
