@@ -1,0 +1,84 @@
+"""In-process coordination for a single job without Redis.
+
+Every device is online; locks and state live in this process's memory. Locks
+keep Redis's semantics (a TTL, token-safe release) so the backup logic behaves
+the same on either backend.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from ray_backup.coordination.base import LockBase
+from ray_backup.models import DeviceState
+
+
+class LocalLock(LockBase):
+    """A lock held in a ``LocalCoordinator``."""
+
+    held = True
+
+    def __init__(self, owner: LocalCoordinator, device_id: str, token: str) -> None:
+        self.device_id = device_id
+        self._owner = owner
+        self._token = token
+
+    def __repr__(self) -> str:
+        return f"LocalLock({self.device_id!r})"
+
+    def release(self) -> None:
+        self._owner._release(self.device_id, self._token)
+
+
+class LocalCoordinator:
+    """Every device online; locks and state in memory (threads of one process)."""
+
+    available = True
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._mutex = threading.Lock()
+        self._locks: dict[str, tuple[str, float]] = {}  # device -> (token, expires at)
+        self._states: dict[str, dict] = {}
+
+    def __repr__(self) -> str:
+        return "LocalCoordinator()"
+
+    def is_online(self, device_id: str) -> bool:
+        return True
+
+    def acquire_lock(self, device_id: str, ttl_s: float) -> LocalLock | None:
+        now = self._clock()
+        with self._mutex:
+            held = self._locks.get(device_id)
+            if held is not None and held[1] > now:
+                return None
+            token = uuid.uuid4().hex
+            self._locks[device_id] = (token, now + ttl_s)
+        return LocalLock(self, device_id, token)
+
+    def _release(self, device_id: str, token: str) -> None:
+        with self._mutex:
+            held = self._locks.get(device_id)
+            if held is not None and held[0] == token:
+                del self._locks[device_id]
+
+    def load_state(self, device_id: str) -> DeviceState | None:
+        with self._mutex:
+            data = self._states.get(device_id)
+        return None if data is None else DeviceState.from_dict(data)
+
+    def save_state(self, device_id: str, state: DeviceState) -> None:
+        data = state.to_dict()  # a copy: later changes to ``state`` are not saved silently
+        with self._mutex:
+            self._states[device_id] = data
+
+    def delete_state(self, device_id: str) -> None:
+        with self._mutex:
+            self._states.pop(device_id, None)
+
+    def close(self) -> None:
+        pass
