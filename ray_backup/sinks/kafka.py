@@ -74,11 +74,10 @@ class KafkaSink:
         self.delivery_timeout = delivery_timeout or settings.command_timeout
         self.spool = spool or DiskSpool(default_spool_dir(settings), settings.spool_max_bytes)
         self._config = producer_config(settings, self.delivery_timeout)
-        self._config["error_cb"] = self._on_error
         self._config["logger"] = logging.getLogger(f"{__name__}.librdkafka")
-        self._current = (Producer(self._config), 0)  # (producer, generation), swapped whole
+        self._current = (self._new_producer(0), 0)  # (producer, generation), swapped whole
         self._reset_lock = threading.Lock()
-        self._broken = threading.Event()
+        self._broken_generation = -1  # set by a fatal error report of that producer
         self._closed = threading.Event()
         self._wake = threading.Event()
         self._reachable = True
@@ -121,18 +120,18 @@ class KafkaSink:
                 self._spool(snapshot)
                 raise PublishFailed(
                     f"device {device}: its spooled snapshots are being delivered by another "
-                    "process; this one is spooled behind them"
+                    "thread or process; this one is spooled behind them"
                 )
             if not self.spool.entries(device):
                 self._publish_now(snapshot)
                 return
             try:
-                self._spool(snapshot)  # behind the older ones, never ahead
+                mine = self._spool(snapshot)  # behind the older ones, never ahead
             except PublishFailed:  # spool full: catch up first, then send this one from memory
                 self._drain_device(device)
                 self._publish_now(snapshot)
                 return
-            self._drain_device(device)
+            self._drain_device(device, mine)
 
     def pending(self) -> int:
         """Spooled snapshots on this node (the spool is shared by its processes)."""
@@ -180,9 +179,13 @@ class KafkaSink:
             f"device {device}: not acknowledged by Kafka ({error.str()}); spooled for redelivery"
         )
 
-    def _drain_device(self, device: str) -> None:
-        """Deliver the device's spool oldest first; raise PublishFailed if any entry stays."""
-        delivered = 0
+    def _drain_device(self, device: str, mine: SpoolEntry | None = None) -> None:
+        """Deliver the device's spool oldest first; raise PublishFailed if any entry stays.
+
+        ``mine`` is the caller's own snapshot: if the broker refuses it for good, that
+        is the caller's failure (``Rejected``), not an old entry's.
+        """
+        delivered, refused = 0, None
         while batch := self.spool.entries(device)[:DRAIN_BATCH]:
             loaded = self._load(batch)
             results = self._deliver([snapshot for _, snapshot in loaded])
@@ -192,7 +195,9 @@ class KafkaSink:
                     self.spool.remove(entry)
                     delivered += 1
                 elif error.code() in _PERMANENT:
-                    self.spool.reject(entry, error.str())
+                    kept = self.spool.reject(entry, error.str())
+                    if entry == mine:
+                        refused = f"Kafka refused the snapshot ({error.str()}); kept in {kept}"
                 elif failure is None:
                     failure = error
             if failure is not None:
@@ -203,6 +208,8 @@ class KafkaSink:
                 )
         if delivered:
             logger.info("device %s: delivered %d spooled snapshot(s)", device, delivered)
+        if refused:
+            raise Rejected(f"device {device}: {refused}")
 
     def _load(self, batch: list[SpoolEntry]) -> list[tuple[SpoolEntry, Snapshot]]:
         loaded = []
@@ -243,10 +250,8 @@ class KafkaSink:
                     error = KafkaError(KafkaError._QUEUE_FULL, "local producer queue full")
                     break
                 time.sleep(0.05)
-            except KafkaException as exc:
+            except KafkaException as exc:  # _deliver resets a broken producer
                 error = exc.args[0]
-                if error.fatal() or error.code() in _PRODUCER_BROKEN:
-                    self._broken.set()
                 break
         future.set_result(error)
         return future
@@ -261,12 +266,16 @@ class KafkaSink:
                 results.append(KafkaError(KafkaError._MSG_TIMED_OUT, "no delivery report in time"))
         return results
 
-    def _spool(self, snapshot: Snapshot) -> None:
-        self.spool.append(snapshot)  # PublishFailed when full; OSError mapped by publish
+    def _spool(self, snapshot: Snapshot) -> SpoolEntry:
+        entry = self.spool.append(snapshot)  # PublishFailed when full; OSError mapped by publish
         logger.warning("device %s: snapshot %s spooled for later delivery",
                        snapshot.device_id, snapshot.sha256_hash[:12])
+        return entry
 
     # -- the producer's health --------------------------------------------------
+
+    def _new_producer(self, generation: int) -> Producer:
+        return Producer({**self._config, "error_cb": lambda e: self._on_error(e, generation)})
 
     def _reset_producer(self, generation: int) -> None:
         """Replace a producer that hit a fatal error (once per generation)."""
@@ -274,16 +283,15 @@ class KafkaSink:
             old, current = self._current
             if current != generation or self._closed.is_set():
                 return
-            self._current = (Producer(self._config), generation + 1)
-            self._broken.clear()
+            self._current = (self._new_producer(generation + 1), generation + 1)
         logger.warning("Kafka producer replaced after a fatal error")
         old.purge()  # fail what it still holds: those publishes retry or spool
         old.poll(0)
 
-    def _on_error(self, error: KafkaError) -> None:
+    def _on_error(self, error: KafkaError, generation: int) -> None:
         if error.fatal():
             logger.error("Kafka producer fatal error: %s", error.str())
-            self._broken.set()
+            self._broken_generation = generation  # a replaced producer's reports change nothing
         elif error.code() == KafkaError._ALL_BROKERS_DOWN and self._reachable:
             self._reachable = False
             logger.warning("Kafka %s unreachable; snapshots will be spooled", self.bootstrap)
@@ -303,12 +311,12 @@ class KafkaSink:
                 producer.poll(0.1)
             except KafkaException as exc:  # confluent-kafka raises fatal errors from poll
                 if exc.args[0].fatal():
-                    self._broken.set()
+                    self._broken_generation = generation
                 else:
                     logger.error("Kafka poll failed: %s", exc.args[0].str())
             except Exception:
                 logger.exception("Kafka poll failed")
-            if self._broken.is_set():
+            if self._broken_generation == generation:
                 self._reset_producer(generation)
 
     def _drain_loop(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from ray_backup.errors import PublishFailed
 from ray_backup.settings import Settings
+from ray_backup.sinks import Sink
 from ray_backup.sinks.kafka import DELIVERY_MARGIN_S, KafkaSink, Rejected
 from ray_backup.sinks.spool import DiskSpool
 from ray_backup.snapshot import Snapshot
@@ -64,6 +65,7 @@ def test_event_has_exactly_the_contract_fields_and_device_key(kafka_bootstrap, k
     sink.publish(without)
 
     got = events(consume_all(kafka_bootstrap, kafka_topic, expected=2))
+    assert isinstance(sink, Sink)
     assert got == [("dev-a", with_version.to_event()), ("dev-b", without.to_event())]
     assert set(got[0][1]) == CONTRACT_FIELDS
     assert set(got[1][1]) == CONTRACT_FIELDS - {"routeros_version"}
@@ -172,3 +174,25 @@ def test_another_process_spool_is_drained_by_whoever_sends_that_device_next(
     got = by_device(events(consume_all(kafka_bootstrap, kafka_topic, expected=3)))
     assert got == {"dev-1": [f"{0:064x}", f"{1:064x}"], "dev-2": [f"{0:064x}"]}
     assert alive.pending() == 0
+
+
+def test_refused_snapshot_behind_a_backlog_is_rejected_after_the_backlog(
+        kafka_bootstrap, kafka_topic, make_sink, tmp_path):
+    sink = make_sink(kafka_bootstrap, kafka_topic, drain_interval=3600)
+    sink.spool.append(snap("dev-1", 0))  # left by an earlier outage
+    with pytest.raises(Rejected, match="dev-1"):
+        sink.publish(snap("dev-1", 1, size=3_000_000))
+    assert sink.pending() == 0
+    got = by_device(events(consume_all(kafka_bootstrap, kafka_topic, expected=1)))
+    assert got == {"dev-1": [f"{0:064x}"]}
+
+
+def test_corrupt_spool_entry_is_set_aside_not_blocking(kafka_bootstrap, kafka_topic, make_sink):
+    sink = make_sink(kafka_bootstrap, kafka_topic, drain_interval=3600)
+    broken = sink.spool.append(snap("dev-1", 0))
+    broken.path.write_bytes(b'{"device_id": "dev-1", "config_te')  # e.g. a disk error
+    sink.publish(snap("dev-1", 1))
+    assert sink.pending() == 0
+    assert (sink.spool.directory / ".rejected" / broken.name).exists()
+    got = by_device(events(consume_all(kafka_bootstrap, kafka_topic, expected=1)))
+    assert got == {"dev-1": [f"{1:064x}"]}
