@@ -208,6 +208,7 @@ class DeviceLoop:
             "host": d.host,
             "port": d.port,
             "routeros_version": d.routeros_version,
+            "host_key_fingerprint": d.host_key_fingerprint,
             "status": s.last_status,
             "last_attempt_at": s.last_attempt_at,
             "last_success_at": s.last_success_at,

@@ -15,6 +15,7 @@ import ray
 
 from ray_backup import constants as C
 from ray_backup import logs
+from ray_backup.actors.selfstart import call_self_soon
 from ray_backup.loop import DeviceLoop, LoopDeps
 from ray_backup.models import Device
 from ray_backup.runtime import Runtime
@@ -80,12 +81,15 @@ class DeviceBackupActor:
         self._runtime: Runtime | None = None
         self._deps: LoopDeps | None = None
         self._start_lock: asyncio.Lock | None = None
+        call_self_soon("ping")
 
     def __repr__(self) -> str:
-        devices = list(self._loops.values())
+        # Ray prefixes every log line of this process with it; set from the
+        # constructor's devices because Ray reads it before the loops start.
+        devices = [loop.device for loop in self._loops.values()] or self._pending
         if len(devices) == 1:
-            d = devices[0].device
-            return f"DeviceBackupActor(device:{d.id} {d.host}:{d.port})"
+            d = devices[0]
+            return f"DeviceBackupActor({self._name} {d.host}:{d.port})"
         return f"DeviceBackupActor({self._name}, {len(devices)} devices)"
 
     async def _ensure_started(self) -> None:
@@ -103,6 +107,8 @@ class DeviceBackupActor:
                     schedule=self._runtime.schedule(),
                     report=SupervisorReporter(self._name),
                 )
+            if self._pending:
+                self._pending = await _current_rows(self._pending)
             while self._pending:
                 await self._start_loop(self._pending.pop(0))
 
@@ -173,3 +179,25 @@ class DeviceBackupActor:
         await asyncio.gather(*(loop.stop(grace_s) for loop in self._loops.values()))
         if self._runtime is not None:
             await asyncio.to_thread(self._runtime.close)
+
+
+async def _current_rows(devices: list[Device], patience_s: float = 60.0) -> list[Device]:
+    """The supervisor's current rows for ``devices``.
+
+    Ray restarts a dead actor with its creation-time arguments, which may predate
+    a trusted host key or new credentials; starting from them could trust a
+    changed key. Falls back to them only if the supervisor stays unreachable.
+    """
+    deadline = asyncio.get_running_loop().time() + patience_s
+    while True:
+        try:
+            supervisor = ray.get_actor(C.SUPERVISOR_NAME, namespace=C.NAMESPACE)
+            current = await asyncio.wait_for(
+                supervisor.current_rows.remote([d.id for d in devices]), 10
+            )
+            return [current.get(d.id, d) for d in devices]
+        except Exception as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("supervisor unreachable (%s); starting from creation-time rows", exc)
+                return devices
+            await asyncio.sleep(2)

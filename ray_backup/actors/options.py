@@ -37,8 +37,12 @@ def supervisor(env_vars: dict[str, str] | None = None):
 
 
 def device_actor(name: str, devices: list[Device], node_id: str | None):
+    # Hard affinity: soft affinity spills to other nodes while a node starts its
+    # workers, which unbalances the fleet. If the node dies, Ray cannot restart
+    # the actor there and reports it unschedulable; the supervisor then creates
+    # it again on a live node.
     strategy = (
-        NodeAffinitySchedulingStrategy(node_id=node_id, soft=True) if node_id else "SPREAD"
+        NodeAffinitySchedulingStrategy(node_id=node_id, soft=False) if node_id else "SPREAD"
     )
     return (
         ray.remote(DeviceBackupActor)

@@ -9,6 +9,7 @@ failed inventory read keeps the current actors running.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -20,6 +21,7 @@ import ray
 from ray_backup import constants as C
 from ray_backup import logs
 from ray_backup.actors import options
+from ray_backup.actors.selfstart import call_self_soon
 from ray_backup.actors.placement import least_loaded, moves_to_balance
 from ray_backup.inventory.base import open_inventory
 from ray_backup.metrics import FleetMetrics
@@ -57,22 +59,28 @@ class BackupSupervisor:
         self.metrics = FleetMetrics(lambda: list(self.rows.values()), lambda: self._semaphore_stats)
         self._metrics_server = None
         self._task: asyncio.Task | None = None
+        self._starting: asyncio.Task | None = None
         self._reconcile_lock: asyncio.Lock | None = None
         self._fit_warned = False
+        call_self_soon("start")
 
     def __repr__(self) -> str:
         return f"BackupSupervisor({len(self.devices)} devices, {len(self.hosts)} actors)"
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> dict:
-        """Serve metrics, re-adopt live device actors, start reconciling."""
-        if self._task is None or self._task.done():
-            self._reconcile_lock = asyncio.Lock()
-            self._serve_metrics()
-            await self._adopt()
-            await self.reconcile()
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        """Serve metrics, re-adopt live device actors, start reconciling. Idempotent."""
+        if self._starting is None or (self._starting.done() and self._starting.exception()):
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._starting)
         return {"devices": len(self.devices), "actors": len(self.hosts), "metrics": self.metrics_address()}
+
+    async def _start(self) -> None:
+        self._reconcile_lock = asyncio.Lock()
+        self._serve_metrics()
+        await self._adopt()
+        await self.reconcile()
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         while True:
@@ -124,7 +132,7 @@ class BackupSupervisor:
             await self._step("check actors", self._check_hosts)
             if inventory is not None:
                 summary["inventory_ok"] = True
-                self._report_row_errors(inventory.errors)
+                self._report_rows(inventory.errors, inventory.skipped)
                 await self._step("apply inventory", self._apply, inventory.devices, summary)
             await self._step("balance nodes", self._balance, summary)
             await self._step("semaphore stats", self._poll_semaphore)
@@ -140,11 +148,13 @@ class BackupSupervisor:
         except Exception:
             log.exception("reconcile step %r failed", name)
 
-    def _report_row_errors(self, errors: list[str]) -> None:
-        fresh = set(errors) - self._known_errors
-        for line in sorted(fresh):
+    def _report_rows(self, errors: list[str], skipped: list[str]) -> None:
+        """Each bad or skipped row once, not on every reconcile."""
+        for line in sorted(set(errors) - self._known_errors):
             log.error("inventory: %s", line)
-        self._known_errors = set(errors)
+        for line in sorted(set(skipped) - self._known_errors):
+            log.info("inventory: %s", line)
+        self._known_errors = set(errors) | set(skipped)
 
     async def _apply(self, devices: list[Device], summary: dict) -> None:
         wanted = {d.id: d for d in devices}
@@ -234,7 +244,7 @@ class BackupSupervisor:
             return_exceptions=True,
         )
         for host, info in zip(hosts, results):
-            if isinstance(info, ray.exceptions.RayActorError) and not _restarting(info):
+            if _gone(info):
                 log.warning("device actor %s is gone; its devices will be recreated", host.name)
                 self.hosts.pop(host.name, None)
                 continue
@@ -243,6 +253,9 @@ class BackupSupervisor:
                 continue
             restarted = host.incarnation is not None and info["incarnation"] != host.incarnation
             host.node_id, host.incarnation = info["node_id"], info["incarnation"]
+            for device_id in host.device_ids:
+                if device_id in self.rows:
+                    self.rows[device_id]["node_id"] = host.node_id
             if restarted:
                 log.info("device actor %s restarted on node %s", host.name, host.node_id[:8])
                 for device_id in host.device_ids:
@@ -313,12 +326,23 @@ class BackupSupervisor:
 
     # -- served to device actors, the CLI and notebooks ------------------------------
     def report(self, row: dict) -> None:
-        if row["device_id"] in self.devices:
-            self.rows[row["device_id"]] = row
-            self.metrics.observe(row)
+        device = self.devices.get(row["device_id"])
+        if device is None:
+            return
+        self.rows[device.id] = row
+        self.metrics.observe(row)
+        trusted = row.get("host_key_fingerprint")
+        if trusted and device.host_key_fingerprint is None:
+            # Trusted on first use just now; the next inventory read will say so too, but
+            # an actor restarted before then must not start from the keyless row.
+            self.devices[device.id] = dataclasses.replace(device, host_key_fingerprint=trusted)
 
     def status(self) -> list[dict]:
         return sorted(self.rows.values(), key=lambda r: (r.get("hostname") or "", r["device_id"]))
+
+    def current_rows(self, device_ids: list[str]) -> dict[str, Device]:
+        """Today's inventory rows, for device actors (re)starting their loops."""
+        return {i: self.devices[i] for i in device_ids if i in self.devices}
 
     def locate(self, device_ids: list[str] | None = None) -> dict[str, str]:
         """Which actor hosts each device (all devices when ``device_ids`` is None)."""
@@ -338,8 +362,11 @@ class BackupSupervisor:
         return generate_latest(self.metrics.registry).decode()
 
 
-def _restarting(error: BaseException) -> bool:
-    return "restarting" in str(error).lower()
+def _gone(outcome: object) -> bool:
+    """A ping outcome meaning the actor will not come back by itself."""
+    if isinstance(outcome, ray.exceptions.ActorUnschedulableError):
+        return True  # its node died: hard affinity keeps Ray from restarting it elsewhere
+    return isinstance(outcome, ray.exceptions.RayActorError) and "restarting" not in str(outcome).lower()
 
 
 def _pending_row(device: Device) -> dict:

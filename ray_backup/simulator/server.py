@@ -66,6 +66,9 @@ class SimStats:
 
     connections: int = 0
     active_connections: int = 0
+    peak_active_connections: int = 0  # most SSH connections open at once
+    active_commands: int = 0
+    peak_active_commands: int = 0  # most exec commands running at once
     handshake_failures: int = 0
     auth_failures: int = 0
     commands: int = 0
@@ -172,6 +175,9 @@ class Simulator:
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + n
+            if name in ("active_connections", "active_commands"):
+                peak = f"peak_{name}"
+                self._counts[peak] = max(self._counts.get(peak, 0), self._counts[name])
 
     def _bind(self, index: int, device: SimDevice) -> None:
         host = device.host or self.host

@@ -130,9 +130,15 @@ class Session:
     # -- exec ------------------------------------------------------------------
 
     def _exec(self, channel: paramiko.Channel, command: str) -> None:
-        if self._answer(channel, command):
-            channel.send_exit_status(0)
-            channel.close()
+        # Counted from request to exit status: strictly inside the client's session,
+        # unlike the connection count, which lags until this thread sees the close.
+        self.count("active_commands")
+        try:
+            if self._answer(channel, command):
+                channel.send_exit_status(0)
+                channel.close()
+        finally:
+            self.count("active_commands", -1)
 
     def _answer(self, channel: paramiko.Channel, command: str) -> bool:
         """Run one command; False when a fault left the channel unusable."""

@@ -101,11 +101,16 @@ class SSHSession:
         transport.handshake_timeout = self.options.connect_timeout
         transport.auth_timeout = self.options.connect_timeout
         try:
-            transport.start_client(timeout=self.options.connect_timeout)
+            # A little longer than the banner timeout, so a silent device reports that.
+            transport.start_client(timeout=self.options.connect_timeout + 1)
         except paramiko.SSHException as exc:
             raise _handshake_error(exc, self.options.connect_timeout) from None
         except (EOFError, OSError) as exc:
             raise TruncatedOutput(f"connection closed during SSH handshake ({type(exc).__name__})")
+        if transport.host_key is None:  # start_client returns quietly when it times out
+            raise CommandTimeout(
+                f"SSH handshake did not finish within {self.options.connect_timeout:g} s"
+            )
         self.fingerprint = fingerprint(transport.get_remote_server_key())
         if self._known and self.fingerprint != self._known:
             raise HostKeyMismatch(
@@ -171,7 +176,11 @@ class SSHSession:
                     f"{command!r} output exceeded the {opts.max_output_bytes} byte cap"
                 )
             chunks.append(data)
-        if not channel.exit_status_ready() and not (self._transport and self._transport.is_active()):
+        # A complete command ends with an exit status; a connection dropped mid-export
+        # at a line boundary looks complete otherwise.
+        # (paramiko also sets status_event on close, leaving exit_status at -1.)
+        channel.status_event.wait(min(1.0, max(deadline - time.monotonic(), 0.0)))
+        if channel.exit_status == -1:
             raise TruncatedOutput(f"connection lost during {command!r} after {size} bytes")
         return b"".join(chunks)
 

@@ -1,0 +1,215 @@
+"""The long-running job on a 3-node Ray cluster (one machine) against the simulator and Redis."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import ray
+import redis
+from ray.cluster_utils import Cluster
+
+from ray_backup import constants as C
+from ray_backup import job
+from ray_backup.inventory.yamlfile import YamlInventory
+from tests.integration.conftest import job_env, settings_from, wait_for
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": 80 * 1024**2},
+    )
+    workers = [cluster.add_node(num_cpus=1, object_store_memory=80 * 1024**2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace=C.NAMESPACE)
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def running_job(cluster, sim_fleet, redis_url, redis_prefix, tmp_path):
+    """Start the job over a simulated fleet; stop it and check nothing is left behind."""
+    state = {}
+
+    def start(n=6, **env_extra):
+        sim, devices, inventory = sim_fleet(n)
+        env = job_env(redis_url, redis_prefix, inventory, tmp_path / "out", **env_extra)
+        supervisor = job.start(settings_from(env), env)
+        state.update(sim=sim, devices=devices, inventory=inventory, env=env, supervisor=supervisor)
+        return state
+
+    yield start
+    job.stop_all(grace_s=5)
+    assert not _named("device:") and not ray.util.list_named_actors(all_namespaces=False)
+    if "devices" in state:
+        r = redis.Redis.from_url(redis_url)
+        locks = [d.id for d in state["devices"] if r.exists(C.DEVICE_LOCK_KEY.format(device_id=d.id))]
+        assert locks == [], "a device lock was left behind"
+
+
+def _named(prefix):
+    return sorted(
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+        if a.get("namespace") == C.NAMESPACE and a["name"].startswith(prefix)
+    )
+
+
+def _try(fn):
+    """``fn()``, or None while the actor it calls is restarting."""
+    try:
+        return fn()
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+        return None
+
+
+def _status(supervisor):
+    """The status table; empty while the supervisor is restarting."""
+    try:
+        return {row["device_id"]: row for row in ray.get(supervisor.status.remote(), timeout=30)}
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+        return {}
+
+
+def _all_backed_up(supervisor, ids, since=0.0):
+    rows = _status(supervisor)
+    return all((rows.get(i, {}).get("last_success_at") or 0) > since for i in ids) and rows
+
+
+def _node_counts(supervisor):
+    return Counter(row.get("node_id") for row in _status(supervisor).values())
+
+
+def test_one_named_actor_per_device_spread_over_the_nodes(running_job):
+    s = running_job(6)
+    ids = [d.id for d in s["devices"]]
+    wait_for(lambda: _all_backed_up(s["supervisor"], ids), 90, message="first backups")
+    assert _named("device:") == sorted(f"device:{i}" for i in ids)
+    assert _named(C.SUPERVISOR_NAME) == [C.SUPERVISOR_NAME]
+    assert _named(C.SEMAPHORE_NAME) == [C.SEMAPHORE_NAME]
+    counts = _node_counts(s["supervisor"])
+    assert len(counts) == 3 and max(counts.values()) - min(counts.values()) <= 1, counts
+    handle = ray.get_actor(f"device:{ids[0]}", namespace=C.NAMESPACE)
+    text = repr(ray.get(handle.ping.remote()))
+    assert s["sim"].device(ids[0]).password not in text
+
+
+def test_added_and_removed_devices_are_picked_up_within_one_refresh(running_job, sim_fleet, tmp_path):
+    s = running_job(4)
+    ids = [d.id for d in s["devices"]]
+    wait_for(lambda: _named("device:") == sorted(f"device:{i}" for i in ids), 60, message="actors")
+    _, extra, extra_inventory = sim_fleet(1, inventory="extra.yaml")
+    import yaml
+
+    rows = yaml.safe_load(s["inventory"].read_text())["devices"]
+    added = yaml.safe_load(extra_inventory.read_text())["devices"]
+    s["inventory"].write_text(yaml.safe_dump({"devices": rows[1:] + added}))
+    expected = sorted(f"device:{i}" for i in ids[1:] + [extra[0].id])
+    # DEVICE_REFRESH_SECONDS is 2: allow one refresh plus actor start-up.
+    wait_for(lambda: _named("device:") == expected, 20, message="reconciled actors")
+    wait_for(lambda: _all_backed_up(s["supervisor"], [extra[0].id]), 60, message="new device backed up")
+
+
+def test_manual_trigger_answers_success_locked_and_failed(running_job, redis_url):
+    s = running_job(3, CONFIG_BACKUP_JITTER_MIN=3000, CONFIG_BACKUP_JITTER_MAX=3001)
+    ids = [d.id for d in s["devices"]]
+    wait_for(lambda: len(_named("device:")) == 3, 60, message="actors")
+    sup = s["supervisor"]
+    ok = ray.get(sup.trigger.remote(ids[0]))
+    assert ok["status"] == "success" and len(ok["sha256_hash"]) == 64 and ok["error"] is None
+    r = redis.Redis.from_url(redis_url)
+    r.set(C.DEVICE_LOCK_KEY.format(device_id=ids[1]), "someone-else", ex=30)
+    assert ray.get(sup.trigger.remote(ids[1]))["status"] == "locked"
+    r.delete(C.DEVICE_LOCK_KEY.format(device_id=ids[1]))
+    s["sim"].device(ids[2]).password = "changed-on-the-device"
+    failed = ray.get(sup.trigger.remote(ids[2]))
+    assert failed["status"] == "failed" and failed["error_kind"] == "auth_failed"
+    unknown = ray.get(sup.trigger.remote("00000000-0000-0000-0000-00000000dead"))
+    assert unknown["status"] == "failed" and "unknown device" in unknown["error"]
+
+
+def test_ssh_limit_is_never_exceeded_and_every_waiter_is_served(running_job):
+    s = running_job(6, CONFIG_BACKUP_MAX_CONCURRENT=2, CONFIG_BACKUP_JITTER_MIN=3000,
+                    CONFIG_BACKUP_JITTER_MAX=3001)
+    for device in s["devices"]:
+        device.delay = 0.5
+    wait_for(lambda: len(_named("device:")) == 6, 60, message="actors")
+    semaphore = ray.get_actor(C.SEMAPHORE_NAME, namespace=C.NAMESPACE)
+    ray.get(semaphore.reset_peak.remote())
+    results = ray.get([s["supervisor"].trigger.remote(d.id) for d in s["devices"]])
+    assert [r["status"] for r in results] == ["success"] * 6
+    stats = ray.get(semaphore.stats.remote())
+    assert stats["peak_held"] == 2 and stats["held"] == 0 and stats["waiting"] == 0
+    # What the devices saw: never more than two exports at once.
+    assert s["sim"].stats.peak_active_commands == 2
+
+
+def test_killed_actors_and_supervisor_lose_no_device_and_no_state(running_job):
+    s = running_job(4)
+    ids = [d.id for d in s["devices"]]
+    sup = s["supervisor"]
+    wait_for(lambda: _all_backed_up(sup, ids), 90, message="first backups")
+    before = _status(sup)
+    # A device actor dies: Ray restarts it and it resumes from its persisted state.
+    ray.kill(ray.get_actor(f"device:{ids[0]}", namespace=C.NAMESPACE), no_restart=False)
+    # The supervisor dies: Ray restarts it; it re-adopts the live actors.
+    ray.kill(sup, no_restart=False)
+    sup = ray.get_actor(C.SUPERVISOR_NAME, namespace=C.NAMESPACE)
+    wait_for(lambda: set(_status(sup)) == set(ids), 60, message="status after restarts")
+    assert _named("device:") == sorted(f"device:{i}" for i in ids)  # no duplicates
+    after = wait_for(lambda: _status(sup)[ids[0]].get("last_success_at") and _status(sup), 60)
+    for i in ids:
+        assert after[i]["last_success_at"] == before[i]["last_success_at"]
+        assert after[i]["sha256_hash"] == before[i]["sha256_hash"]
+
+
+def test_host_key_mismatch_blocks_across_restarts_until_the_key_is_reset(running_job):
+    s = running_job(2, CONFIG_BACKUP_JITTER_MIN=3000, CONFIG_BACKUP_JITTER_MAX=3001)
+    victim = s["devices"][0]
+    sup = s["supervisor"]
+    wait_for(lambda: len(_named("device:")) == 2, 60, message="actors")
+    assert ray.get(sup.trigger.remote(victim.id))["status"] == "success"  # key trusted on first use
+    s["sim"].device(victim.id).rotate_host_key()
+    result = ray.get(sup.trigger.remote(victim.id))
+    assert result["status"] == "failed" and result["error_kind"] == "host_key_mismatch"
+    wait_for(lambda: _status(sup)[victim.id]["status"] == C.STATUS_HOSTKEY_BLOCKED, 10)
+    ray.kill(ray.get_actor(f"device:{victim.id}", namespace=C.NAMESPACE), no_restart=False)
+    handle = ray.get_actor(f"device:{victim.id}", namespace=C.NAMESPACE)
+    rows = wait_for(lambda: _try(lambda: ray.get(handle.status.remote(), timeout=30)), 60,
+                    message="restarted actor")
+    assert rows[0]["status"] == C.STATUS_HOSTKEY_BLOCKED
+    assert rows[0]["last_error_kind"] == "host_key_mismatch"
+    # The operator resets the stored key: the next reconcile unblocks, TOFU stores the new one.
+    assert YamlInventory(s["inventory"]).reset_host_key(victim.id)
+    wait_for(lambda: _status(sup)[victim.id]["status"] == C.STATUS_SUCCESS, 30, message="unblocked")
+    stored = {d.id: d.host_key_fingerprint for d in YamlInventory(s["inventory"]).load().devices}
+    assert stored[victim.id] == s["sim"].device(victim.id).host_key_fingerprint
+
+
+def test_a_lost_node_moves_its_devices_to_the_survivors(cluster, running_job):
+    _, workers = cluster
+    s = running_job(6)
+    ids = [d.id for d in s["devices"]]
+    sup = s["supervisor"]
+    wait_for(lambda: _all_backed_up(sup, ids), 90, message="first backups")
+    lost = workers[-1]
+    lost_id = lost.node_id
+    cluster_obj = cluster[0]
+    cluster_obj.remove_node(lost)
+    try:
+        def rebalanced():
+            counts = _node_counts(sup)
+            return (lost_id not in counts and len(counts) == 2
+                    and max(counts.values()) - min(counts.values()) <= 1 and counts)
+
+        wait_for(rebalanced, 120, interval=2, message="devices moved off the lost node")
+        for i in ids:
+            ray.get(sup.trigger.remote(i))
+        wait_for(lambda: all(r["status"] == "success" for r in _status(sup).values()), 60)
+    finally:
+        workers[-1] = cluster_obj.add_node(num_cpus=1, object_store_memory=80 * 1024**2)
+        cluster_obj.wait_for_nodes()
