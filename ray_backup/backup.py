@@ -45,6 +45,14 @@ class Collected:
     fingerprint: str | None
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A snapshot taken over SSH, not yet published."""
+
+    snapshot: Snapshot
+    started: float
+
+
 @dataclass
 class Collector:
     """Runs the backup pipeline for any device; shared by all loops in a process."""
@@ -58,24 +66,40 @@ class Collector:
     def backup(self, device: Device) -> tuple[BackupResult, Device]:
         """Back up ``device``; return the result and the device as now known
         (with a newly trusted host key or a detected version)."""
+        fetched, device = self.fetch(device)
+        if isinstance(fetched, BackupResult):
+            return fetched, device
+        return self.deliver(fetched), device
+
+    def fetch(self, device: Device) -> tuple[Fetched | BackupResult, Device]:
+        """The SSH half: credentials, export, validation, normalization, hash.
+
+        Returns the snapshot to deliver, or the failed result."""
         started = time.monotonic()
         try:
-            snapshot, device = self._backup(device)
+            snapshot, device = self._fetch(device)
         except Exception as exc:  # every failure becomes a result, never a crash
-            kind = errors.kind_of(exc)
-            if kind == errors.UNKNOWN and not isinstance(exc, errors.RayBackupError):
-                log.exception("device %s: unexpected error during backup", device.id)
-            return self._failed(device, kind, exc, started), device
-        result = BackupResult(
-            device_id=device.id,
+            return self._failed(device, exc, started), device
+        return Fetched(snapshot, started), device
+
+    def deliver(self, fetched: Fetched) -> BackupResult:
+        """The publishing half; a success only once the sink has accepted the snapshot."""
+        snapshot = fetched.snapshot
+        try:
+            self.sink.publish(snapshot)
+        except Exception as exc:
+            if not isinstance(exc, errors.RayBackupError):
+                exc = errors.PublishFailed(f"{type(exc).__name__}: {exc}")
+            return self._failed_id(snapshot.device_id, exc, fetched.started)
+        return BackupResult(
+            device_id=snapshot.device_id,
             status=C.STATUS_SUCCESS,
             sha256_hash=snapshot.sha256_hash,
-            duration_s=time.monotonic() - started,
+            duration_s=time.monotonic() - fetched.started,
             collected_at=snapshot.collected_at,
         )
-        return result, device
 
-    def _backup(self, device: Device) -> tuple[Snapshot, Device]:
+    def _fetch(self, device: Device) -> tuple[Snapshot, Device]:
         driver = get_driver(device.driver)
         creds = self.credentials.resolve(device)
         collected = self.collect(device, creds, driver)
@@ -97,12 +121,6 @@ class Collector:
             normalization_version=driver.normalization_version,
             routeros_version=device.routeros_version,
         )
-        try:
-            self.sink.publish(snapshot)
-        except errors.RayBackupError:
-            raise
-        except Exception as exc:  # a sink bug must still count as "not published"
-            raise errors.PublishFailed(f"{type(exc).__name__}: {exc}") from exc
         return snapshot, device
 
     def collect(self, device: Device, creds: Credentials, driver: Driver) -> Collected:
@@ -128,13 +146,19 @@ class Collector:
         except Exception as exc:  # the backup itself succeeded; storing the key is retried next time
             log.warning("device %s: could not store host key: %s", device.id, exc)
 
+    def _failed(self, device: Device, exc: BaseException, started: float) -> BackupResult:
+        return self._failed_id(device.id, exc, started)
+
     @staticmethod
-    def _failed(device: Device, kind: str, exc: BaseException, started: float) -> BackupResult:
+    def _failed_id(device_id: str, exc: BaseException, started: float) -> BackupResult:
+        kind = errors.kind_of(exc)
+        if kind == errors.UNKNOWN and not isinstance(exc, errors.RayBackupError):
+            log.error("device %s: unexpected error during backup", device_id, exc_info=exc)
         message = str(exc) or type(exc).__name__
         if len(message) > _MAX_ERROR_CHARS:
             message = message[: _MAX_ERROR_CHARS - 1] + "…"
         return BackupResult(
-            device_id=device.id,
+            device_id=device_id,
             status=C.STATUS_FAILED,
             error_kind=kind,
             error=message,

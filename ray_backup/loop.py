@@ -225,19 +225,31 @@ class DeviceLoop:
 
 
 async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, Device]:
-    """Take an SSH permit, then the device's lock; back up; give both back."""
+    """Take an SSH permit, then the device's lock; back up; give both back.
+
+    The permit covers the SSH session only: it goes back before publishing, so a
+    slow or absent broker never holds SSH capacity. The lock covers both, so one
+    device's snapshots are published in the order they were taken.
+    """
     lease = await deps.permits.acquire(device.id, deps.schedule.lease_s)
+    lease_held = True
     try:
         lock = await asyncio.to_thread(deps.coordinator.acquire_lock, device.id, deps.schedule.lock_ttl)
         if lock is None:
             log.info("device %s: skipped, locked by another process", device.id)
             return BackupResult(device.id, C.STATUS_LOCKED), device
         try:
-            return await asyncio.to_thread(deps.collector.backup, device)
+            fetched, device = await asyncio.to_thread(deps.collector.fetch, device)
+            lease_held = False
+            await deps.permits.release(lease)
+            if isinstance(fetched, BackupResult):
+                return fetched, device
+            return await asyncio.to_thread(deps.collector.deliver, fetched), device
         finally:
             await asyncio.to_thread(_release_quietly, lock, device.id)
     finally:
-        await deps.permits.release(lease)
+        if lease_held:
+            await deps.permits.release(lease)
 
 
 def _release_quietly(lock: Any, device_id: str) -> None:

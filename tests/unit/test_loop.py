@@ -75,12 +75,15 @@ class ScriptedCollector:
         self.results = list(results)
         self.calls = 0
 
-    def backup(self, device):
+    def fetch(self, device):
         self.calls += 1
         kind = self.results.pop(0)
         if kind == "ok":
-            return BackupResult(device.id, C.STATUS_SUCCESS, sha256_hash=f"{self.calls:064x}"), device
+            return ("snapshot", self.calls), device
         return BackupResult(device.id, C.STATUS_FAILED, error_kind=kind, error=kind), device
+
+    def deliver(self, fetched):
+        return BackupResult(DEVICE.id, C.STATUS_SUCCESS, sha256_hash=f"{fetched[1]:064x}")
 
 
 def make_loop(collector, coordinator=None, permits=None, clock=None):
@@ -179,3 +182,17 @@ def test_every_error_kind_leaves_no_lock_or_permit(kind):
     loop, _ = make_loop(ScriptedCollector(kind), coordinator, permits)
     assert run(loop.tick()).error_kind == kind
     assert permits.held == 0 and coordinator.locks_held == 0
+
+
+def test_permit_is_returned_before_publishing_but_the_lock_is_kept():
+    permits, coordinator = FakePermits(), FakeCoordinator()
+    seen = {}
+
+    class Collector(ScriptedCollector):
+        def deliver(self, fetched):
+            seen["permits_held"], seen["locks_held"] = permits.held, coordinator.locks_held
+            return super().deliver(fetched)
+
+    loop, _ = make_loop(Collector("ok"), coordinator, permits)
+    assert run(loop.tick()).ok
+    assert seen == {"permits_held": 0, "locks_held": 1}
