@@ -20,6 +20,8 @@ _ERROR_LINE = re.compile(
     re.MULTILINE,
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# ANSI colour and cursor sequences (CSI), which a device prints when it thinks a terminal is there.
+_TERMINAL_ESCAPE = r"\x1b\[[0-9;?]*[A-Za-z]"
 
 
 def parse_version(text: str) -> str | None:
@@ -43,6 +45,10 @@ def export_command(version: str | None, mode: str) -> str:
 
 
 def reject_reason(text: str) -> str | None:
+    # Judged without terminal escapes: normalization strips them, and a coloured
+    # export is a configuration, not binary output.
+    if "\x1b" in text:
+        text = re.sub(_TERMINAL_ESCAPE, "", text)
     sample = text[:65536]
     if "\x00" in sample or len(_CONTROL.findall(sample)) > len(sample) // 100 + 8:
         return "output is binary, not a RouterOS export"
@@ -58,7 +64,7 @@ def reject_reason(text: str) -> str | None:
 
 CLEANUP = (
     # ANSI colour and cursor sequences appear when a terminal was allocated.
-    rule(r"\x1b\[[0-9;?]*[A-Za-z]", "strip terminal escapes"),
+    rule(_TERMINAL_ESCAPE, "strip terminal escapes"),
     # The first line carries the export time and release (formats differ:
     # "# 2024-10-25 06:08:35 by RouterOS 7.16", "# jan/02/2024 10:00:00 by RouterOS 6.49").
     rule(r"\A\s*# [^\n]* by RouterOS [^\n]*\n", "drop the date and release header"),
