@@ -8,6 +8,8 @@ in threads so one process can keep many device loops going.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import random
 import time
@@ -20,6 +22,22 @@ from ray_backup.backup import Collector
 from ray_backup.models import BackupResult, Device, DeviceState
 
 log = logging.getLogger(__name__)
+
+# asyncio's default executor has min(32, CPUs + 4) threads: on a 2-CPU node six hung
+# devices would hold all of them, and the healthy devices of the same process would
+# wait out the hung ones' timeouts. A backup holds one thread at a time and every
+# blocking call has a timeout, so a large pool is safe; threads start only when needed.
+BLOCKING_THREADS = 512
+_blocking_pool = concurrent.futures.ThreadPoolExecutor(
+    BLOCKING_THREADS, thread_name_prefix="ray-backup-io"
+)
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking ``fn(*args)`` (SSH, Redis, the sink) off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(
+        _blocking_pool, functools.partial(fn, *args)
+    )
 
 
 class Permits(Protocol):
@@ -150,7 +168,7 @@ class DeviceLoop:
     async def _tick(self, manual: bool) -> BackupResult:
         dev, deps = self.device, self.deps
         if not manual:
-            if not await asyncio.to_thread(deps.coordinator.is_online, dev.id):
+            if not await in_thread(deps.coordinator.is_online, dev.id):
                 log.debug("device %s: skipped, offline", dev.id)
                 return BackupResult(dev.id, C.STATUS_SKIPPED_OFFLINE)
             reason = sm.gate(self.state, deps.clock.time())
@@ -234,19 +252,19 @@ async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, 
     lease = await deps.permits.acquire(device.id, deps.schedule.lease_s)
     lease_held = True
     try:
-        lock = await asyncio.to_thread(deps.coordinator.acquire_lock, device.id, deps.schedule.lock_ttl)
+        lock = await in_thread(deps.coordinator.acquire_lock, device.id, deps.schedule.lock_ttl)
         if lock is None:
             log.info("device %s: skipped, locked by another process", device.id)
             return BackupResult(device.id, C.STATUS_LOCKED), device
         try:
-            fetched, device = await asyncio.to_thread(deps.collector.fetch, device)
+            fetched, device = await in_thread(deps.collector.fetch, device)
             lease_held = False
             await deps.permits.release(lease)
             if isinstance(fetched, BackupResult):
                 return fetched, device
-            return await asyncio.to_thread(deps.collector.deliver, fetched), device
+            return await in_thread(deps.collector.deliver, fetched), device
         finally:
-            await asyncio.to_thread(_release_quietly, lock, device.id)
+            await in_thread(_release_quietly, lock, device.id)
     finally:
         if lease_held:
             await deps.permits.release(lease)

@@ -184,6 +184,30 @@ def test_mixed_fleet_each_fault_classified_bounded_and_isolated(mixed_fleet, tmp
     assert published == {i for i, k in kinds.items() if k in ("healthy", "ansi")}
 
 
+def test_a_black_holed_site_does_not_hold_up_the_rest(tmp_path):
+    """Many devices hang at once (a site behind a dead link): the healthy ones in the same
+    process still finish at their normal speed, and every hung one at its own timeout."""
+    sims = make_fleet(20, seed=uuid.uuid4().int % 10**9, faults={"silent": 7, "stall": 7})
+    with Simulator(sims) as simulator:
+        path = write_inventory_yaml(tmp_path / "fleet.yaml", sims)
+        devices = YamlInventory(path).load().devices
+        fleet = harness.fleet(
+            devices,
+            harness.collector(DirectorySink(tmp_path / "out"), connect_timeout=CONNECT_S,
+                              command_timeout=COMMAND_S),
+            LocalCoordinator(), permits=harness.LocalPermits(limit=64),
+        )
+        done = fleet.round()
+    fault = {d.id: simulator.device(d.id).fault for d in devices}
+    healthy = sorted(round(t.wall_s, 2) for i, t in done.items() if fault[i] is None)
+    assert all(done[i].result.ok for i in fault if fault[i] is None)
+    assert healthy[-1] < FAST_S, f"healthy devices waited for hung ones: {healthy}"
+    hung = {i: t.wall_s for i, t in done.items() if fault[i] is not None}
+    assert all(done[i].result.error_kind == errors.TIMEOUT for i in hung)
+    late = {i: round(w, 2) for i, w in hung.items() if w > BOUND_S[fault[i]] + SLACK_S}
+    assert not late, f"hung devices waited for each other: {late}"
+
+
 def test_coloured_export_hashes_as_the_plain_one(mixed_fleet, tmp_path):
     simulator, devices, kinds = mixed_fleet
     ansi_id = next(i for i, k in kinds.items() if k == "ansi")
