@@ -285,8 +285,13 @@ class KafkaSink:
                 return
             self._current = (self._new_producer(generation + 1), generation + 1)
         logger.warning("Kafka producer replaced after a fatal error")
-        old.purge()  # fail what it still holds: those publishes retry or spool
-        old.poll(0)
+        # Fail what it still holds, and serve those delivery reports now: nothing polls a
+        # replaced producer, so a publish waiting on one would otherwise wait out its timeout.
+        old.purge()
+        left = old.flush(DELIVERY_MARGIN_S)
+        if left:
+            logger.warning("replaced Kafka producer still held %d event(s); their publishes "
+                           "time out and spool", left)
 
     def _on_error(self, error: KafkaError, generation: int) -> None:
         if error.fatal():

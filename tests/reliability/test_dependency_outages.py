@@ -1,0 +1,173 @@
+"""Kafka and Redis stopped (and hung) and restarted in the middle of a run of device loops.
+
+The loops are the production ones (``DeviceLoop.tick`` → ``guarded_backup`` → ``Collector``)
+over real SSH to the simulator, with the real ``KafkaSink`` and ``RedisCoordinator``
+against private servers (``own_kafka``, ``own_redis``) that the tests stop and start.
+Sink- and coordinator-level outage tests are in ``tests/integration/test_kafka_sink.py``
+and ``tests/integration/test_redis_coordination.py``; this module checks what the
+device loops make of the outages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+
+import pytest
+
+from ray_backup import constants as C
+from ray_backup import errors
+from ray_backup.coordination.local import LocalCoordinator
+from ray_backup.drivers.base import sha256_hex
+from ray_backup.inventory.yamlfile import YamlInventory
+from ray_backup.settings import Settings
+from ray_backup.simulator import Simulator, make_fleet, write_inventory_yaml
+from ray_backup.sinks.kafka import DELIVERY_MARGIN_S, KafkaSink
+from tests.reliability import harness
+from tests.support.services import consume_all
+
+DELIVERY_S = 2.0  # the sink's delivery timeout here: short, so outage rounds stay fast
+SLACK_S = 2.5
+
+
+class RecordingSink:
+    """Passes snapshots on to the real sink and remembers, per device, what was collected."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.collected: dict[str, list[dict]] = defaultdict(list)
+
+    def publish(self, snapshot) -> None:
+        self.collected[snapshot.device_id].append(snapshot.to_event())
+        self.inner.publish(snapshot)
+
+
+@pytest.fixture
+def sim_devices(tmp_path):
+    """Start ``n`` simulated devices (RouterOS 6 and 7); returns (simulator, Devices)."""
+    started = []
+
+    def start(n: int, versions=("7.16", "6.49.10"), config_bytes=None):
+        sims = make_fleet(n, seed=uuid.uuid4().int % 10**9, versions=versions,
+                          config_bytes=config_bytes)
+        simulator = Simulator(sims).start()
+        started.append(simulator)
+        path = write_inventory_yaml(tmp_path / f"fleet-{len(started)}.yaml", sims)
+        return simulator, YamlInventory(path).load().devices
+
+    yield start
+    for simulator in started:
+        simulator.stop()
+
+
+def kafka_fleet(own_kafka, tmp_path, devices, *, spool_max_bytes=1 << 30):
+    topic = own_kafka.create_topic("config.snapshots", partitions=2)
+    settings = Settings(kafka_bootstrap_servers=own_kafka.bootstrap, kafka_topic=topic,
+                        spool_dir=str(tmp_path / "spool"), spool_max_bytes=spool_max_bytes)
+    sink = KafkaSink(settings, delivery_timeout=DELIVERY_S, drain_interval=0.5)
+    recorder = RecordingSink(sink)
+    fleet = harness.fleet(devices, harness.collector(recorder), LocalCoordinator())
+    return topic, sink, recorder, fleet
+
+
+def consumed_events(bootstrap, topic, expected):
+    messages = consume_all(bootstrap, topic, expected=expected, timeout=20,
+                           config={"fetch.max.bytes": 64 << 20})
+    events = defaultdict(list)
+    for message in messages:
+        event = json.loads(message.value())
+        assert message.key().decode() == event["device_id"]
+        events[event["device_id"]].append(event)
+    return events, len(messages)
+
+
+def without_repeats(events: list[dict]) -> list[dict]:
+    """A re-sent event (same device, same hash, same time) is harmless; drop repeats."""
+    out: list[dict] = []
+    for event in events:
+        if not out or out[-1] != event:
+            out.append(event)
+    return out
+
+
+def test_kafka_outage_mid_run_loses_nothing_and_delivers_in_order(own_kafka, sim_devices, tmp_path):
+    simulator, devices = sim_devices(4)
+    topic, sink, recorder, fleet = kafka_fleet(own_kafka, tmp_path, devices)
+    statuses = []
+
+    def backup_round():
+        for sim in simulator.devices:
+            sim.mutate()  # every round is a new configuration: order is visible
+        started = time.monotonic()
+        done = fleet.round()
+        statuses.append({t.result.status for t in done.values()})
+        return done, time.monotonic() - started
+
+    try:
+        for _ in range(2):
+            backup_round()
+        before, count = consumed_events(own_kafka.bootstrap, topic, expected=8)
+        assert count == 8
+
+        own_kafka.stop()
+        for _ in range(2):
+            done, took = backup_round()
+            kinds = {t.result.error_kind for t in done.values()}
+            assert kinds == {errors.PUBLISH_FAILED}, [t.result for t in done.values()]
+            assert took < DELIVERY_S + DELIVERY_MARGIN_S + SLACK_S  # bounded, devices in parallel
+            assert all("spooled" in t.result.error for t in done.values())
+        assert sink.pending() == 8  # kept on disk, nothing dropped
+        assert sink.spool.size_bytes() <= sink.spool.max_bytes
+
+        own_kafka.start()  # an empty broker (tansu keeps nothing); the topic is re-created
+        done, _ = backup_round()  # each device sends its spooled snapshots first, then this one
+        assert all(t.result.ok for t in done.values()), [t.result for t in done.values()]
+        deadline = time.monotonic() + 15
+        while sink.pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sink.pending() == 0
+        after, _ = consumed_events(own_kafka.bootstrap, topic, expected=12)
+    finally:
+        sink.close()
+
+    assert statuses[0] == statuses[1] == statuses[4] == {C.STATUS_SUCCESS}
+    for device in devices:
+        collected = recorder.collected[device.id]
+        assert len(collected) == 5
+        seen = without_repeats(before[device.id] + after[device.id])
+        assert seen == collected, f"device {device.id}: delivered ≠ collected, in order"
+        for event in before[device.id] + after[device.id]:
+            assert event["sha256_hash"] == sha256_hex(event["config_text"])
+
+
+def test_kafka_outage_longer_than_the_spool_keeps_the_oldest(own_kafka, sim_devices, tmp_path,
+                                                             caplog):
+    _, devices = sim_devices(3, versions=("7.16",), config_bytes=20_000)
+    # Room for two snapshots of about 20 kB, not three.
+    topic, sink, _, fleet = kafka_fleet(own_kafka, tmp_path, devices, spool_max_bytes=50_000)
+    first, second, last = (d.id for d in devices)
+    try:
+        own_kafka.stop()
+        with caplog.at_level(logging.ERROR):
+            kept = fleet.round([first, second])
+            refused = fleet.round([last])[last].result
+        assert all("spooled for redelivery" in t.result.error for t in kept.values())
+        assert refused.error_kind == errors.PUBLISH_FAILED and "is full" in refused.error
+        assert "\n" not in refused.error
+        assert sink.pending() == 2 and sink.spool.size_bytes() <= sink.spool.max_bytes
+        assert "is full" in caplog.text  # an operator sees it in the log, as an error
+        # The refused device failed (not silently): it backs off and is collected again.
+        assert fleet.loops[last].state.last_error_kind == errors.PUBLISH_FAILED
+        assert fleet.loops[last].state.backoff_until > time.time()
+
+        own_kafka.start()
+        assert sink.drain() and sink.pending() == 0
+        got, count = consumed_events(own_kafka.bootstrap, topic, expected=2)
+        assert count == 2 and set(got) == {first, second}
+    finally:
+        sink.close()
+
+
