@@ -138,7 +138,7 @@ class DeviceLoop:
             # First start, or overdue after a restart: spread the fleet out.
             delay = sm.jitter_seconds(sched.jitter_min, sched.jitter_max, self.deps.rng)
             self.state.next_due = now + delay
-            self._save()
+            await in_thread(self._save)
         log.debug("device %s: first backup in %.0f s", self.device.id, self.state.next_due - now)
         while not self._stopping:
             self._wake.clear()
@@ -158,10 +158,12 @@ class DeviceLoop:
         """One backup attempt with all gating; ``manual`` skips the online and block gates."""
         async with self._busy:
             result = await self._tick(manual)
-        now = self.deps.clock.time()
-        sm.record_result(self.state, result, self.device, now)
-        self._schedule_next(result, now)
-        self._save()
+            now = self.deps.clock.time()
+            sm.record_result(self.state, result, self.device, now)
+            self._schedule_next(result, now)
+            # In a thread: a hung Redis costs a socket timeout, which must not stop the
+            # other loops of this process. Under the lock: this device's saves stay in order.
+            await in_thread(self._save)
         await self._report(result)
         return result
 

@@ -10,21 +10,28 @@ device loops make of the outages.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import signal
 import time
 import uuid
 from collections import defaultdict
 
 import pytest
+import redis
 
 from ray_backup import constants as C
 from ray_backup import errors
+from ray_backup.coordination.base import UnenforcedLock
 from ray_backup.coordination.local import LocalCoordinator
+from ray_backup.coordination.redis import SOCKET_TIMEOUT_S, RedisCoordinator
 from ray_backup.drivers.base import sha256_hex
 from ray_backup.inventory.yamlfile import YamlInventory
 from ray_backup.settings import Settings
 from ray_backup.simulator import Simulator, make_fleet, write_inventory_yaml
+from ray_backup.sinks.directory import DirectorySink
 from ray_backup.sinks.kafka import DELIVERY_MARGIN_S, KafkaSink
 from tests.reliability import harness
 from tests.support.services import consume_all
@@ -171,3 +178,85 @@ def test_kafka_outage_longer_than_the_spool_keeps_the_oldest(own_kafka, sim_devi
         sink.close()
 
 
+def redis_state(client, prefix, device_id):
+    raw = client.get(f"{prefix}state:{device_id}")
+    return None if raw is None else json.loads(raw)
+
+
+def test_redis_down_or_hung_backups_go_on_and_state_catches_up(own_redis, sim_devices, tmp_path,
+                                                               caplog):
+    _, devices = sim_devices(4)
+    prefix = "rb_rel:"
+    coordinator = RedisCoordinator(own_redis.url, prefix)
+    fleet = harness.fleet(devices, harness.collector(DirectorySink(tmp_path / "out")), coordinator)
+    offline = devices[0].id
+    status_key = C.DEVICE_STATUS_KEY.format(device_id=offline)
+
+    def client():
+        return redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=5)
+
+    def scheduled_round():
+        # As the timer loop would tick, with the online gate; the interval is not waited for.
+        started = time.monotonic()
+        done = asyncio.run(_scheduled(fleet))
+        return {i: r.status for i, r in done.items()}, time.monotonic() - started
+
+    def assert_state_in_redis():
+        raw = client()
+        try:
+            for device in devices:
+                assert redis_state(raw, prefix, device.id) == fleet.loops[device.id].state.to_dict()
+                assert not raw.exists(C.DEVICE_LOCK_KEY.format(device_id=device.id))
+        finally:
+            raw.close()
+
+    everyone_ok = {d.id: C.STATUS_SUCCESS for d in devices}
+    try:
+        # Up: the poller's status key is obeyed.
+        c = client()
+        c.set(status_key, "offline")
+        c.close()
+        statuses, _ = scheduled_round()
+        assert statuses == {**everyone_ok, offline: C.STATUS_SKIPPED_OFFLINE}
+        assert_state_in_redis()
+
+        # Hung (the process is stopped: TCP is accepted, nothing is answered).
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        try:
+            statuses, took = scheduled_round()
+        finally:
+            os.kill(own_redis.pid, signal.SIGCONT)
+        assert statuses == everyone_ok  # unknown status counts as online
+        # status read, lock, state write: one socket timeout each, devices in parallel
+        assert took < 3 * SOCKET_TIMEOUT_S + SLACK_S, f"a hung Redis cost {took:.1f} s per round"
+        assert not coordinator.available
+
+        statuses, _ = scheduled_round()  # Redis answers again: gating and writes resume
+        assert statuses == {**everyone_ok, offline: C.STATUS_SKIPPED_OFFLINE}
+        assert coordinator.available
+        assert_state_in_redis()
+
+        # Down (refused): nothing waits, every device is backed up without a lock.
+        own_redis.stop()
+        mark = len(caplog.records)
+        with caplog.at_level(logging.WARNING):
+            statuses, took = scheduled_round()
+            assert isinstance(coordinator.acquire_lock("probe", 30), UnenforcedLock)
+        assert statuses == everyone_ok and took < 2 + SLACK_S
+        said = [r for r in caplog.records[mark:] if "Redis unavailable" in r.getMessage()]
+        assert len(said) == 1  # once per outage, not once per call
+
+        own_redis.start()  # empty: no persistence
+        statuses, _ = scheduled_round()
+        assert statuses == everyone_ok  # the offline key went with the old Redis
+        assert coordinator.available
+        assert_state_in_redis()
+        assert "tick failed" not in caplog.text and "Traceback" not in caplog.text
+    finally:
+        coordinator.close()
+
+
+async def _scheduled(fleet):
+    loops = list(fleet.loops.values())
+    results = await asyncio.gather(*(loop.tick(manual=False) for loop in loops))
+    return {loop.device.id: result for loop, result in zip(loops, results)}
