@@ -31,6 +31,8 @@ BLOCKING_THREADS = 512
 _blocking_pool = concurrent.futures.ThreadPoolExecutor(
     BLOCKING_THREADS, thread_name_prefix="ray-backup-io"
 )
+# After a tick failed with an error that is not the device's (no result to back off from).
+TICK_RETRY_S = 60.0
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -151,8 +153,11 @@ class DeviceLoop:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one tick must not end the device's schedule
-                log.exception("device %s: tick failed", self.device.id)
-                self.state.next_due = clock.time() + sched.interval
+                # Usually the infrastructure (the semaphore actor restarting), not the
+                # device: try again soon rather than a whole interval later.
+                log.exception("device %s: tick failed; retrying in %.0f s", self.device.id,
+                              min(sched.interval, TICK_RETRY_S))
+                self.state.next_due = clock.time() + min(sched.interval, TICK_RETRY_S)
 
     async def tick(self, manual: bool = False) -> BackupResult:
         """One backup attempt with all gating; ``manual`` skips the online and block gates."""

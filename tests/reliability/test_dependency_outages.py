@@ -29,6 +29,7 @@ from ray_backup.coordination.local import LocalCoordinator
 from ray_backup.coordination.redis import SOCKET_TIMEOUT_S, RedisCoordinator
 from ray_backup.drivers.base import sha256_hex
 from ray_backup.inventory.yamlfile import YamlInventory
+from ray_backup.loop import DeviceLoop, LoopDeps, Schedule
 from ray_backup.settings import Settings
 from ray_backup.simulator import Simulator, make_fleet, write_inventory_yaml
 from ray_backup.sinks.directory import DirectorySink
@@ -260,3 +261,58 @@ async def _scheduled(fleet):
     loops = list(fleet.loops.values())
     results = await asyncio.gather(*(loop.tick(manual=False) for loop in loops))
     return {loop.device.id: result for loop, result in zip(loops, results)}
+
+
+class FlakyPermits(harness.LocalPermits):
+    """The semaphore actor is restarting: the first acquire fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def acquire(self, holder, lease_s):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("ssh-semaphore is restarting")
+        return await super().acquire(holder, lease_s)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    async def wait(self, event, timeout) -> bool:
+        await asyncio.sleep(0)
+        if event.is_set():
+            return True
+        self.now += max(timeout, 0)
+        return False
+
+
+def test_semaphore_unavailable_retries_within_a_minute_not_an_interval(sim_devices, tmp_path):
+    """An infrastructure error in a tick (the SSH semaphore actor restarting) must not
+    cost the device a whole backup interval (6 h by default)."""
+    _, devices = sim_devices(1)
+    clock = FakeClock()
+    reports = []
+    deps = LoopDeps(collector=harness.collector(DirectorySink(tmp_path / "out")),
+                    coordinator=LocalCoordinator(), permits=FlakyPermits(),
+                    schedule=Schedule(interval=21600, jitter_min=0, jitter_max=0, lock_ttl=60,
+                                      lease_s=120),
+                    report=reports.append, clock=clock)
+    loop = DeviceLoop(devices[0], deps)
+    start = clock.now
+
+    async def main():
+        loop.start()
+        deadline = time.monotonic() + 30
+        while not reports and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await loop.stop(grace_s=5)
+
+    asyncio.run(main())
+    assert reports and reports[0]["status"] == C.STATUS_SUCCESS
+    assert reports[0]["last_attempt_at"] - start <= 60, "retried only after a whole interval"
