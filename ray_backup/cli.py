@@ -27,7 +27,8 @@ def cmd_run(args) -> int:
     logs.setup(settings.log_level)
     env = job.actor_env({"inventory": args.inventory, "output": args.output, "config": args.config})
     job.connect()
-    return job.run(settings, env, service=args.service, status_every=args.status_every)
+    return job.run(settings, env, service=args.service, status_every=args.status_every,
+                   stop_grace=args.stop_grace)
 
 
 def cmd_stop(args) -> int:
@@ -181,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave the actors running when this driver exits (stop with `ray-backup stop`)")
     sp.add_argument("--status-every", type=float, default=60.0, metavar="S",
                     help="log a fleet summary every S seconds (default 60)")
+    sp.add_argument("--stop-grace", type=float, default=2.0, metavar="S",
+                    help="on stop, seconds a running backup may take to finish before it is "
+                         "abandoned (default 2; `ray job stop` kills the driver after "
+                         "RAY_JOB_STOP_WAIT_TIME_S, 3 s by default)")
 
     sp = add("stop", cmd_stop, "stop a running job and remove its actors")
     sp.add_argument("--grace", type=float, default=10.0, metavar="S",

@@ -56,7 +56,13 @@ def connect(address: str | None = None, **local_options) -> None:
         ray.init(namespace=C.NAMESPACE, **local_options)
 
 
-def start(settings: Settings, env: dict[str, str]):
+# Outside service mode the driver beats this often, and the supervisor stops the
+# fleet when it misses the lease (the driver was killed before it could).
+HEARTBEAT_S = 5.0
+DRIVER_LEASE_S = 30.0
+
+
+def start(settings: Settings, env: dict[str, str], service: bool = True):
     """Create or re-adopt the semaphore and the supervisor; return the supervisor's handle."""
     from ray_backup.actors import options
 
@@ -64,7 +70,7 @@ def start(settings: Settings, env: dict[str, str]):
     # A semaphore that already existed keeps its leases; apply today's limits to it.
     ray.get(semaphore.set_limits.remote(settings.max_concurrent, settings.logins_per_second))
     supervisor = options.supervisor(env)
-    summary = ray.get(supervisor.start.remote())
+    summary = ray.get(supervisor.start.remote(None if service else DRIVER_LEASE_S))
     log.info(
         "job running: %d devices in %d actors; metrics at http://%s/metrics",
         summary["devices"], summary["actors"], summary["metrics"],
@@ -100,30 +106,43 @@ def stop_all(grace_s: float = 10.0) -> int:
     return removed
 
 
-def run(settings: Settings, env: dict[str, str], service: bool = False, status_every: float = 60.0) -> int:
+def run(
+    settings: Settings,
+    env: dict[str, str],
+    service: bool = False,
+    status_every: float = 60.0,
+    stop_grace: float = 2.0,
+) -> int:
     """Block until SIGTERM/SIGINT (what `ray job stop` sends); then stop cleanly unless ``service``."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    supervisor = start(settings, env)
-    while not stop.wait(status_every):
+    supervisor = start(settings, env, service=service)
+    last_summary = time.monotonic()
+    while not stop.wait(HEARTBEAT_S):
         try:
-            rows = ray.get(supervisor.status.remote(), timeout=30)
+            supervisor.heartbeat.remote()
+            if time.monotonic() - last_summary >= status_every:
+                last_summary = time.monotonic()
+                _log_summary(ray.get(supervisor.status.remote(), timeout=30))
         except Exception as exc:
-            log.warning("status not available: %s", exc)
-            continue
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
-        log.info("fleet: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "empty")
+            log.warning("supervisor not reachable: %s", exc)
+            supervisor = running_supervisor() or supervisor
     if service:
         log.info("driver exiting; actors keep running (service mode). Stop them with `ray-backup stop`.")
         return 0
     log.info("stopping: device actors finish or abandon their backups")
     started = time.monotonic()
-    removed = stop_all()
+    removed = stop_all(grace_s=stop_grace)
     log.info("stopped %d device actors in %.1f s", removed, time.monotonic() - started)
     return 0
+
+
+def _log_summary(rows: list[dict]) -> None:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    log.info("fleet: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "empty")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,14 +62,25 @@ class BackupSupervisor:
         self._starting: asyncio.Task | None = None
         self._reconcile_lock: asyncio.Lock | None = None
         self._fit_warned = False
+        self._driver_lease_s: float | None = None
+        self._last_heartbeat = time.monotonic()
+        self._last_reconcile = 0.0
         call_self_soon("start")
 
     def __repr__(self) -> str:
         return f"BackupSupervisor({len(self.devices)} devices, {len(self.hosts)} actors)"
 
     # -- lifecycle ---------------------------------------------------------------
-    async def start(self) -> dict:
-        """Serve metrics, re-adopt live device actors, start reconciling. Idempotent."""
+    async def start(self, driver_lease_s: float | None = None) -> dict:
+        """Serve metrics, re-adopt live device actors, start reconciling. Idempotent.
+
+        ``driver_lease_s``: outside service mode, the driver must call ``heartbeat()``
+        at least this often; when it stops (killed, or `ray job stop` gave up
+        waiting), the supervisor stops the fleet by itself.
+        """
+        if driver_lease_s is not None:
+            self._driver_lease_s = driver_lease_s
+            self.heartbeat()
         if self._starting is None or (self._starting.done() and self._starting.exception()):
             self._starting = asyncio.get_running_loop().create_task(self._start())
         await asyncio.shield(self._starting)
@@ -84,15 +95,38 @@ class BackupSupervisor:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.device_refresh)
+            await asyncio.sleep(min(self.settings.device_refresh, 5.0))
+            if self._driver_gone():
+                await self._stop_orphaned_fleet()
+                return
+            if time.monotonic() - self._last_reconcile < self.settings.device_refresh:
+                continue
             try:
                 await self.reconcile()
             except Exception:
                 log.exception("reconcile failed")
 
+    def heartbeat(self) -> None:
+        """The driver is alive (see ``start``)."""
+        self._last_heartbeat = time.monotonic()
+
+    def _driver_gone(self) -> bool:
+        lease = self._driver_lease_s
+        return lease is not None and time.monotonic() - self._last_heartbeat > lease
+
+    async def _stop_orphaned_fleet(self) -> None:
+        log.warning("the job's driver stopped without stopping the fleet; stopping it now")
+        await self.shutdown()
+        try:
+            ray.kill(ray.get_actor(C.SEMAPHORE_NAME, namespace=C.NAMESPACE), no_restart=True)
+        except ValueError:
+            pass
+        # exit_actor() only ends the calling task here (a background task of an async actor).
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
     async def shutdown(self, grace_s: float = 10.0) -> int:
         """Stop every device actor cleanly and remove it; return how many were removed."""
-        if self._task is not None:
+        if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
         hosts = list(self.hosts.values())
         await asyncio.gather(*(self._retire(h, grace_s) for h in hosts), return_exceptions=True)
@@ -136,7 +170,8 @@ class BackupSupervisor:
                 await self._step("apply inventory", self._apply, inventory.devices, summary)
             await self._step("balance nodes", self._balance, summary)
             await self._step("semaphore stats", self._poll_semaphore)
-            elapsed = time.monotonic() - started
+            self._last_reconcile = time.monotonic()
+            elapsed = self._last_reconcile - started
             self.metrics.reconcile_duration.observe(elapsed)
             summary["seconds"] = round(elapsed, 3)
             log.debug("reconcile: %s", summary)

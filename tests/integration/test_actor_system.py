@@ -213,3 +213,15 @@ def test_a_lost_node_moves_its_devices_to_the_survivors(cluster, running_job):
     finally:
         workers[-1] = cluster_obj.add_node(num_cpus=1, object_store_memory=80 * 1024**2)
         cluster_obj.wait_for_nodes()
+
+
+def test_fleet_stops_itself_when_its_driver_dies_without_stopping_it(running_job, monkeypatch):
+    # Outside service mode the driver heartbeats; a driver killed before it could stop the
+    # fleet (`ray job stop` escalates to SIGKILL) must not leave device actors behind.
+    monkeypatch.setattr(job, "DRIVER_LEASE_S", 3.0)
+    s = running_job(2)
+    assert _named("device:")
+    ray.get(s["supervisor"].start.remote(job.DRIVER_LEASE_S))  # as `run` does outside service mode
+    wait_for(lambda: not _named("device:") and not _named(C.SUPERVISOR_NAME), 60, interval=1,
+             message="fleet stopped after the driver's lease ran out")
+    assert not _named(C.SEMAPHORE_NAME)
