@@ -96,6 +96,9 @@ def cmd_backup(args) -> int:
         for missing in sorted(set(args.device) - known):
             print(f"error: device {missing} is not in the inventory", file=sys.stderr)
         devices = [d for d in devices if d.id in set(args.device)]
+    if not args.json:
+        for note in job.backend_notes(settings):
+            print(f"note: {note}", file=sys.stderr)
     env = job.actor_env({"inventory": args.inventory, "output": args.output, "config": args.config})
     emit = (lambda r: print(json.dumps(r), flush=True)) if args.json else None
     with tables.progress(len(devices), enabled=not args.json) as advance:

@@ -62,9 +62,27 @@ HEARTBEAT_S = 5.0
 DRIVER_LEASE_S = 30.0
 
 
+def backend_notes(settings: Settings) -> list[str]:
+    """What a job without Redis or Kafka does instead, said once at start."""
+    notes = []
+    if not settings.redis_url:
+        notes.append(
+            "REDIS_URL is not set: every device counts as online, locks are held within the job "
+            "and device state lives in memory (lost when an actor restarts)"
+        )
+    if not settings.kafka_bootstrap_servers:
+        notes.append(
+            f"KAFKA_BOOTSTRAP_SERVERS is not set: snapshots go to the directory {settings.output_dir}"
+        )
+    return notes
+
+
 def start(settings: Settings, env: dict[str, str], service: bool = True):
     """Create or re-adopt the semaphore and the supervisor; return the supervisor's handle."""
     from ray_backup.actors import options
+
+    for note in backend_notes(settings):
+        log.warning("%s", note)
 
     semaphore = options.semaphore(settings.max_concurrent, settings.logins_per_second, env)
     # A semaphore that already existed keeps its leases; apply today's limits to it.
