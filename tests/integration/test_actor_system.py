@@ -225,3 +225,41 @@ def test_fleet_stops_itself_when_its_driver_dies_without_stopping_it(running_job
     wait_for(lambda: not _named("device:") and not _named(C.SUPERVISOR_NAME), 60, interval=1,
              message="fleet stopped after the driver's lease ran out")
     assert not _named(C.SEMAPHORE_NAME)
+
+
+def test_packed_actors_host_several_device_loops_each_with_its_own_state(running_job):
+    s = running_job(5, RAY_BACKUP_DEVICES_PER_ACTOR=2)
+    ids = [d.id for d in s["devices"]]
+    sup = s["supervisor"]
+    rows = wait_for(lambda: _all_backed_up(sup, ids), 90, message="first backups")
+    groups = _named(C.DEVICE_GROUP_PREFIX)
+    assert len(groups) == 3 and not _named(C.DEVICE_ACTOR_PREFIX)
+    assert len({rows[i]["sha256_hash"] for i in ids}) == 5  # five devices, five configs
+    # One loop of a packed actor fails; its neighbour in the same process does not care.
+    victim = s["devices"][0]
+    s["sim"].device(victim.id).password = "rotated"
+    assert ray.get(sup.trigger.remote(victim.id))["error_kind"] == "auth_failed"
+    neighbours = [i for i in ids if rows[i]["actor"] == rows[victim.id]["actor"] and i != victim.id]
+    for other in neighbours:
+        assert ray.get(sup.trigger.remote(other))["status"] == "success"
+    assert _status(sup)[victim.id]["status"] == C.STATUS_AUTH_BLOCKED
+
+
+def test_one_shot_backup_goes_through_the_running_jobs_semaphore(running_job):
+    from ray_backup import oneshot
+
+    s = running_job(3, CONFIG_BACKUP_MAX_CONCURRENT=1, CONFIG_BACKUP_JITTER_MIN=3000,
+                    CONFIG_BACKUP_JITTER_MAX=3001)
+    wait_for(lambda: len(_named("device:")) == 3, 60, message="actors")
+    semaphore = ray.get_actor(C.SEMAPHORE_NAME, namespace=C.NAMESPACE)
+    before = ray.get(semaphore.stats.remote())["granted_total"]
+    for device in s["devices"]:
+        device.delay = 0.3
+    from ray_backup.inventory.yamlfile import YamlInventory as Inventory
+
+    devices = Inventory(s["inventory"]).load().devices
+    results = oneshot.backup_fleet(settings_from(s["env"]), devices, s["env"])
+    assert sorted(r["status"] for r in results) == ["success"] * 3
+    stats = ray.get(semaphore.stats.remote())
+    assert stats["granted_total"] - before == 3 and stats["peak_held"] == 1
+    assert s["sim"].stats.peak_active_commands == 1
