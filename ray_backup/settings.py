@@ -11,10 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -26,15 +29,22 @@ from ray_backup.errors import ConfigError
 CONFIG_ENV = "RAY_BACKUP_CONFIG"
 
 
-def _positive_float(value: str) -> float:
+def _finite(value: str) -> float:
     number = float(value)
+    if not math.isfinite(number):  # "nan" and "inf" parse, and would break every schedule
+        raise ValueError("must be a finite number")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = _finite(value)
     if number <= 0:
         raise ValueError("must be greater than 0")
     return number
 
 
 def _non_negative_float(value: str) -> float:
-    number = float(value)
+    number = _finite(value)
     if number < 0:
         raise ValueError("must be 0 or more")
     return number
@@ -77,6 +87,64 @@ def _export_mode(value: str) -> str:
     return value
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    """Case-insensitive choice among ``allowed``, returned as spelled there."""
+
+    def parse(value: str) -> str:
+        for option in allowed:
+            if value.upper() == option.upper():
+                return option
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+
+    return parse
+
+
+def _url(scheme: str, what: str) -> Callable[[str], str]:
+    """A URL whose scheme matches the regex ``scheme``, with a host and a numeric port if any."""
+
+    def parse(value: str) -> str:
+        parts = urlsplit(value)
+        if not re.fullmatch(scheme, parts.scheme, re.IGNORECASE):
+            raise ValueError(f"must be {what}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError("has a port that is not a number from 0 to 65535") from None
+        if not parts.hostname and parts.scheme != "unix":
+            raise ValueError("names no host")
+        return value
+
+    return parse
+
+
+_BOOTSTRAP = re.compile(r"^(?:[A-Za-z_]+://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+)(?::(\d{1,5}))?$")
+
+
+def _bootstrap_servers(value: str) -> str:
+    for server in value.split(","):
+        found = _BOOTSTRAP.match(server.strip())
+        if not found or (found.group(2) and not 0 < int(found.group(2)) < 65536):
+            raise ValueError("must be a comma-separated list of host:port")
+    return value
+
+
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _topic(value: str) -> str:
+    if not _TOPIC.match(value) or value in (".", ".."):
+        raise ValueError("must be a Kafka topic name: 1-249 of A-Z a-z 0-9 . _ -")
+    return value
+
+
+def _transit_key(value: str) -> str:
+    try:
+        value.format(tenant_id="t")
+    except (KeyError, IndexError, ValueError):
+        raise ValueError("may contain only {tenant_id} in braces") from None
+    return value
+
+
 def _text(value: str) -> str:
     return value
 
@@ -89,23 +157,40 @@ def _setting(env: str, default: Any, parse: Callable[[str], Any] = _text, secret
 class Settings:
     """Everything the job can be told; see the README's settings table."""
 
-    database_url: str | None = _setting("DATABASE_URL", None, secret=True)
-    redis_url: str | None = _setting("REDIS_URL", None, secret=True)
+    database_url: str | None = _setting(
+        "DATABASE_URL", None,
+        # SQLAlchemy-style schemes (postgresql+asyncpg://) too, as the inventory accepts them.
+        _url(r"postgres(?:ql)?(?:\+\w+)?", "a postgresql:// URL"),
+        secret=True,
+    )
+    redis_url: str | None = _setting(
+        "REDIS_URL", None, _url("rediss?|unix", "a redis://, rediss:// or unix:// URL"),
+        secret=True,
+    )
     redis_prefix: str = _setting("RAY_BACKUP_REDIS_PREFIX", C.DEFAULT_REDIS_PREFIX)
-    kafka_bootstrap_servers: str | None = _setting("KAFKA_BOOTSTRAP_SERVERS", None)
-    kafka_topic: str = _setting("KAFKA_TOPIC", C.DEFAULT_TOPIC)
-    kafka_security_protocol: str | None = _setting("KAFKA_SECURITY_PROTOCOL", None)
-    kafka_sasl_mechanism: str | None = _setting("KAFKA_SASL_MECHANISM", None)
+    kafka_bootstrap_servers: str | None = _setting(
+        "KAFKA_BOOTSTRAP_SERVERS", None, _bootstrap_servers
+    )
+    kafka_topic: str = _setting("KAFKA_TOPIC", C.DEFAULT_TOPIC, _topic)
+    kafka_security_protocol: str | None = _setting(
+        "KAFKA_SECURITY_PROTOCOL", None, _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+    )
+    kafka_sasl_mechanism: str | None = _setting(
+        "KAFKA_SASL_MECHANISM", None,
+        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"),
+    )
     kafka_sasl_username: str | None = _setting("KAFKA_SASL_USERNAME", None)
     kafka_sasl_password: str | None = _setting("KAFKA_SASL_PASSWORD", None, secret=True)
     kafka_ssl_ca_location: str | None = _setting("KAFKA_SSL_CA_LOCATION", None)
     credential_encryption_key: str | None = _setting(
         "CREDENTIAL_ENCRYPTION_KEY", None, _encryption_key, secret=True
     )
-    openbao_addr: str | None = _setting("OPENBAO_ADDR", None)
+    openbao_addr: str | None = _setting(
+        "OPENBAO_ADDR", None, _url("https?", "an http:// or https:// URL")
+    )
     openbao_token: str | None = _setting("OPENBAO_TOKEN", None, secret=True)
     openbao_transit_mount: str = _setting("OPENBAO_TRANSIT_MOUNT", "transit")
-    openbao_transit_key: str = _setting("OPENBAO_TRANSIT_KEY", "tenant_{tenant_id}")
+    openbao_transit_key: str = _setting("OPENBAO_TRANSIT_KEY", "tenant_{tenant_id}", _transit_key)
     backup_interval: float = _setting("CONFIG_BACKUP_INTERVAL", 21600.0, _positive_float)
     max_concurrent: int = _setting("CONFIG_BACKUP_MAX_CONCURRENT", 10, _positive_int)
     command_timeout: float = _setting("CONFIG_BACKUP_COMMAND_TIMEOUT", 60.0, _positive_float)
