@@ -18,7 +18,12 @@ import psycopg
 
 from ray_backup.credentials.transit import is_transit_ciphertext
 from ray_backup.inventory.base import Inventory
-from ray_backup.inventory.fields import parse_db_address, parse_port, parse_uuid
+from ray_backup.inventory.fields import (
+    parse_db_address,
+    parse_fingerprint,
+    parse_port,
+    parse_uuid,
+)
 from ray_backup.models import CredentialRef, Device, secret_digest
 
 CONNECT_TIMEOUT_S = 5
@@ -172,6 +177,12 @@ def _add_row(inventory: Inventory, row: tuple[Any, ...]) -> None:
         port = parse_port(port, "ssh_port")
     except ValueError as exc:
         problems.append(str(exc))
+    try:
+        # As the YAML inventory does: base64 padding is dropped; anything that is not a
+        # SHA256 fingerprint is this row's error, not a host key mismatch at every backup.
+        fingerprint = parse_fingerprint((fingerprint or "").strip() or None)
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         inventory.errors.append(f"{label}: {'; '.join(problems)}")
         return
@@ -184,7 +195,7 @@ def _add_row(inventory: Inventory, row: tuple[Any, ...]) -> None:
         tenant_id=tenant_id,
         hostname=(hostname or "").strip() or None,
         routeros_version=(version or "").strip() or None,
-        host_key_fingerprint=(fingerprint or "").strip() or None,
+        host_key_fingerprint=fingerprint,
         credentials=CredentialRef(
             transit=transit, legacy=legacy, digest=secret_digest(transit, legacy)
         ),

@@ -10,19 +10,27 @@ devices that are backed up in the same run.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import uuid
 
+import psycopg
 import pytest
 import yaml
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ray_backup import errors
 from ray_backup.cli import EXIT_USAGE, main
 from ray_backup.coordination.local import LocalCoordinator
+from ray_backup.credentials.legacy import encrypt_credentials, load_key
 from ray_backup.errors import ConfigError
+from ray_backup.inventory.postgres import PostgresInventory
 from ray_backup.inventory.yamlfile import YamlInventory
 from ray_backup.settings import CONFIG_ENV, Settings
 from ray_backup.simulator import Simulator, make_fleet, write_inventory_yaml
 from ray_backup.sinks.directory import DirectorySink
 from tests.reliability import harness
+from tests.reliability.harness import KEY
 
 SECRET_VALUE = "hunter2-SECRET-VALUE"
 
@@ -197,3 +205,98 @@ def test_malformed_yaml_rows_cost_one_line_each_and_the_fleet_goes_on(healthy, t
     assert "duplicate id" in loaded.errors[-1]
     results = back_up(loaded.devices, tmp_path)
     assert all(r.ok for r in results.values()), results
+
+
+TEXT_LAYOUT = """
+CREATE TABLE devices (
+    id uuid PRIMARY KEY, tenant_id uuid, hostname text, ip_address varchar(64),
+    ssh_port integer, encrypted_credentials bytea, encrypted_credentials_transit text,
+    routeros_version text, ssh_host_key_fingerprint text, ssh_host_key_first_seen timestamptz,
+    ssh_host_key_last_verified timestamptz
+)
+"""
+TENANT = "11111111-2222-3333-4444-555555555555"
+
+
+def sealed(plaintext: bytes, key: str = KEY) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(load_key(key)).encrypt(nonce, plaintext, None)
+
+
+def test_malformed_postgres_rows_and_credentials_fail_alone(healthy, pg_url, tmp_path):
+    password = healthy.devices[0].password
+    good = encrypt_credentials(KEY, "admin", password)
+    other_key = "MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI="
+    sim = {s.name: s for s in healthy.devices}
+    first, second, third = sim.values()
+    # (hostname, address, port, legacy blob, transit, fingerprint)
+    rows = [
+        ("good-0", "127.0.0.1", first.port, good, None, None),
+        ("good-padded-key", "127.0.0.1", second.port, good, None, second.host_key_fingerprint + "="),
+        # a tagged document, as newer backends write it; an inet-style address
+        ("good-2", "127.0.0.1/32", third.port, encrypt_credentials(KEY, "admin", password, typed=True),
+         None, None),
+        # rows the inventory refuses
+        ("bad-address", "127.0.0.300", 22, good, None, None),
+        ("bad-port", "127.0.0.1", 0, good, None, None),
+        ("bad-transit", "127.0.0.1", 22, None, "not-vault", None),
+        ("bad-fingerprint", "127.0.0.1", first.port, good, None, "MD5:12:34:56"),
+        ("no-tenant", "127.0.0.1", first.port, good, None, None),
+        # rows that load, whose credentials cannot be used
+        ("corrupt-blob", "127.0.0.1", first.port, flip(good), None, None),
+        ("short-blob", "127.0.0.1", first.port, good[:20], None, None),
+        ("other-key", "127.0.0.1", first.port, encrypt_credentials(other_key, "admin", password),
+         None, None),
+        ("json-list", "127.0.0.1", first.port, sealed(json.dumps(["admin", password]).encode()),
+         None, None),
+        ("json-number", "127.0.0.1", first.port,
+         sealed(json.dumps({"username": "admin", "password": 1234}).encode()), None, None),
+        ("json-snmp", "127.0.0.1", first.port,
+         sealed(json.dumps({"type": "snmp_v2c", "community": password}).encode()), None, None),
+        ("not-json", "127.0.0.1", first.port, sealed(f"admin:{password}".encode()), None, None),
+        ("transit-no-openbao", "127.0.0.1", first.port, None, "vault:v1:AAAA", None),
+    ]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(TEXT_LAYOUT)
+        for name, address, port, blob, transit, fingerprint in rows:
+            conn.execute(
+                "INSERT INTO devices (id, tenant_id, hostname, ip_address, ssh_port,"
+                " encrypted_credentials, encrypted_credentials_transit, ssh_host_key_fingerprint)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (str(uuid.uuid4()), None if name == "no-tenant" else TENANT, name, address, port,
+                 blob, transit, fingerprint))
+    inventory = PostgresInventory(pg_url)
+    try:
+        loaded = inventory.load()
+    finally:
+        inventory.close()
+    refused = {line.split("hostname '")[1].split("'")[0]: line for line in loaded.errors}
+    assert sorted(refused) == ["bad-address", "bad-fingerprint", "bad-port", "bad-transit",
+                               "no-tenant"]
+    assert all("\n" not in line for line in loaded.errors)
+    assert "ssh_host_key_fingerprint must look like" in refused["bad-fingerprint"]
+
+    settings = Settings.load(environ={"CREDENTIAL_ENCRYPTION_KEY": KEY})
+    connections = healthy.stats.connections
+    results = back_up(loaded.devices, tmp_path, settings)
+    by_name = {d.hostname: results[d.id] for d in loaded.devices}
+    assert {n for n, r in by_name.items() if r.ok} == {"good-0", "good-padded-key", "good-2"}
+    for name, result in by_name.items():
+        if result.ok:
+            continue
+        assert result.error_kind == errors.CREDENTIALS, (name, result)
+        assert "\n" not in result.error and password not in result.error, result.error
+    assert healthy.stats.connections == connections + 3  # broken credentials: never dialled
+    reasons = {n: r.error for n, r in by_name.items() if not r.ok}
+    assert "wrong key or corrupted" in reasons["corrupt-blob"]
+    assert "too short" in reasons["short-blob"]
+    assert "wrong key or corrupted" in reasons["other-key"]
+    assert "not a JSON object" in reasons["json-list"]
+    assert "password string" in reasons["json-number"]
+    assert "type 'snmp_v2c'" in reasons["json-snmp"]
+    assert "did not decrypt to JSON" in reasons["not-json"]
+    assert "OPENBAO_ADDR" in reasons["transit-no-openbao"]
+
+
+def flip(blob: bytes) -> bytes:
+    return blob[:20] + bytes([blob[20] ^ 0xFF]) + blob[21:]
