@@ -263,3 +263,30 @@ def test_one_shot_backup_goes_through_the_running_jobs_semaphore(running_job):
     stats = ray.get(semaphore.stats.remote())
     assert stats["granted_total"] - before == 3 and stats["peak_held"] == 1
     assert s["sim"].stats.peak_active_commands == 1
+
+
+def test_operator_cli_against_a_running_job(cluster, running_job):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    s = running_job(2)
+    ids = [d.id for d in s["devices"]]
+    wait_for(lambda: _all_backed_up(s["supervisor"], ids), 90, message="first backups")
+    cli = str(Path(sys.executable).parent / "ray-backup")
+    env = {**os.environ, "RAY_ADDRESS": cluster[0].address}
+
+    def run(*args):
+        return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    table = run("status")
+    assert table.returncode == 0 and "fleet status (2 devices)" in table.stdout
+    limits = run("limits", "--max-concurrent", "7", "--logins-per-second", "3")
+    assert limits.returncode == 0 and json.loads(limits.stdout.splitlines()[-1])["limit"] == 7
+    stopped = run("stop")
+    assert stopped.returncode == 0 and "2 device actors removed" in stopped.stdout
+    assert not _named("device:") and not _named(C.SUPERVISOR_NAME)
+    gone = run("status")
+    assert gone.returncode == 2 and "no ray-backup job is running" in gone.stderr
