@@ -196,3 +196,21 @@ def test_sink_failure_is_publish_failed(sim_fleet, collect):
     device = next(iter(_devices(inventory).values()))
     result, _, _ = collect(device, sink=FailingSink())
     assert result.error_kind == errors.PUBLISH_FAILED and "disk full" in result.error
+
+
+def test_key_file_logs_in_with_a_public_key(sim_fleet, collect, tmp_path):
+    import paramiko
+    import yaml
+
+    sim, sims, inventory = sim_fleet(1)
+    key = paramiko.ECDSAKey.generate()
+    key_path = tmp_path / "id_ecdsa"
+    key.write_private_key_file(str(key_path))
+    sims[0].authorized_key = f"{key.get_name()} {key.get_base64()}"
+    sims[0].password = "not-used-with-a-key"
+    rows = yaml.safe_load(inventory.read_text())["devices"]
+    del rows[0]["password"]
+    rows[0]["key_file"] = str(key_path)
+    inventory.write_text(yaml.safe_dump({"devices": rows}))
+    result, _, _ = collect(YamlInventory(inventory).load().devices[0])
+    assert result.ok, result
