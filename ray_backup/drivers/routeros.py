@@ -38,10 +38,14 @@ def major(version: str | None) -> int | None:
 
 
 def export_command(version: str | None, mode: str) -> str:
-    """RouterOS 7 hides secrets unless asked; RouterOS 6 shows them unless asked."""
-    if major(version) == 6:
-        return "/export hide-sensitive" if mode == "hide-sensitive" else "/export"
-    return "/export" if mode == "hide-sensitive" else "/export show-sensitive"
+    """RouterOS 7 hides secrets unless asked; RouterOS 6 shows them unless asked.
+
+    Hiding is always asked for explicitly (both releases accept the flag): a version
+    that is unknown, or stale in the inventory, must not turn into an export of secrets.
+    """
+    if mode == "hide-sensitive":
+        return "/export hide-sensitive"
+    return "/export" if major(version) == 6 else "/export show-sensitive"
 
 
 def reject_reason(text: str) -> str | None:

@@ -123,7 +123,8 @@ def test_ansi_escapes_are_stripped():
 def test_export_command_by_version_and_mode():
     assert export_command("7.16", "show-sensitive") == "/export show-sensitive"
     assert export_command("6.49.10", "show-sensitive") == "/export"
-    assert export_command("7.16", "hide-sensitive") == "/export"
+    assert export_command("7.16", "hide-sensitive") == "/export hide-sensitive"
+    assert export_command(None, "hide-sensitive") == "/export hide-sensitive"
     assert export_command("6.49.10", "hide-sensitive") == "/export hide-sensitive"
 
 
