@@ -14,6 +14,7 @@ from typing import Callable
 from ray_backup.errors import InvalidOutput
 
 EXPORT_MODES = ("show-sensitive", "hide-sensitive")
+_CR_LF = re.compile(r"\r+\n")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class Driver:
 
     def normalize(self, raw: str) -> str:
         """Apply the cleanup rules, then the shared white-space rules."""
-        text = raw.replace("\r\n", "\n").replace("\r", "\n")
+        # "\r\r\n" is what a pty makes of "\r\n" (onlcr): one line end, not a blank line.
+        text = _CR_LF.sub("\n", raw).replace("\r", "\n")
         # Trailing white space first, so that rules can anchor on line ends.
         text = "\n".join(line.rstrip() for line in text.split("\n"))
         for step in self.cleanup:
