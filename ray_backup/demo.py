@@ -181,10 +181,12 @@ def render(poll: Poll, log_: SnapshotLog, duration: float, header: str, max_rows
             tables.ago(r.get("last_success_at")), str(log_.snapshots[r["device_id"]]),
             str(log_.changes[r["device_id"]]), r.get("last_error_kind") or "",
         )
-    hidden = len(poll.rows) - len(rows)
+    shown = {r["device_id"] for r in rows}
+    hidden = Counter(r["status"] for r in poll.rows if r["device_id"] not in shown)
     parts: list = [Text.from_markup(header), table]
-    if hidden > 0:
-        parts.append(Text(f"… and {hidden} more devices, all backed up", style="dim"))
+    if hidden:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(hidden.items()))
+        parts.append(Text(f"… and {sum(hidden.values())} more devices: {counts}", style="dim"))
     parts.append(_progress_line(poll, log_, duration))
     return Group(*parts)
 
@@ -238,8 +240,10 @@ def run_demo(devices: int = 12, duration: float = 60.0, output: str = "./demo-ba
         _intro(console, layout, sim, out)
         state["log"] = SnapshotLog.from_end(out / HISTORY_FILE)  # before the first backup
         with console.status("starting a local Ray (2 CPUs) and the job's actors…"):
-            job.connect(num_cpus=2, object_store_memory=100 * 1024**2, log_to_driver=False,
-                        logging_level=logging.WARNING)
+            # address="local": a Ray of its own, even where `ray start` runs one already.
+            ray.init(address="local", namespace=C.NAMESPACE, num_cpus=2,
+                     object_store_memory=100 * 1024**2, include_dashboard=True,
+                     log_to_driver=False, logging_level=logging.WARNING)
             state["dashboard"] = _dashboard_url()
             supervisor = job.start(settings, env)
         mutator.start()
@@ -339,12 +343,13 @@ def _summary(console: Console, state: dict, layout: Plan, out: Path, mutator: Mu
                   f"{changes} configuration changes detected ({mutator.count} made)")
     if by_status:
         console.print("  last status: " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
+    actors = "device:<id>" if layout.per_actor == 1 else "devices:<hex> (packed)"
     console.print(f"  backups in {out}/: <device id>.rsc is each device's latest configuration, "
                   f"{HISTORY_FILE} every snapshot as the Kafka event would carry it")
     console.print("  dashboard: the Ray dashboard"
                   + (f" ({state['dashboard']})" if state["dashboard"] else "")
                   + " stopped with the demo; run a longer one (--duration 600) and open it while it "
-                  "runs: Actors shows supervisor, ssh-semaphore and device:<id> (its token: "
+                  f"runs: Actors shows supervisor, ssh-semaphore and {actors} (its token: "
                   "`ray get-auth-token`). Grafana: import deploy/grafana/ray-backup-dashboard.json")
     console.print("  no processes are left running; `ray-backup run` runs the same job on a real fleet")
     return 0 if snapshots else 1

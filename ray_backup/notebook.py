@@ -145,14 +145,20 @@ class Diff(str):
 
 
 def connect(address: str | None = None, **local_options) -> dict:
-    """Connect to the cluster (``address`` or RAY_ADDRESS), or start a small local Ray.
+    """Connect to the cluster at ``address`` or RAY_ADDRESS, or else start a small local Ray.
 
+    ``address="auto"`` joins a Ray already started on this machine (``ray start``).
     ``local_options`` go to ``ray.init`` for a local Ray (default: 2 CPUs, 200 MB
     object store). Returns the number of nodes and whether a job is running.
     """
-    local_options.setdefault("num_cpus", 2)
-    local_options.setdefault("object_store_memory", 200 * 1024 * 1024)
-    job.connect(address, **local_options)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and not ray.is_initialized():
+        job.connect(address)
+    elif not ray.is_initialized():
+        local_options.setdefault("num_cpus", 2)
+        local_options.setdefault("object_store_memory", 200 * 1024 * 1024)
+        # address="local": without it ray.init joins any Ray running on this machine.
+        ray.init(address="local", namespace=C.NAMESPACE, **local_options)
     return {
         "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
         "job_running": job.running_supervisor() is not None,

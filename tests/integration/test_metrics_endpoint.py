@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import urllib.request
 
 import pytest
@@ -57,8 +59,11 @@ def running(tmp_path_factory):
         "REDIS_URL": "", "KAFKA_BOOTSTRAP_SERVERS": "", "DATABASE_URL": "", "RAY_BACKUP_CONFIG": "",
     }
     assert not ray.is_initialized()
-    job.connect(num_cpus=2, object_store_memory=100 * 1024**2, include_dashboard=False,
-                _system_config={"metrics_report_interval_ms": 1000})
+    ray_tmp = tempfile.mkdtemp(prefix="rbm")  # short: unix socket paths live under it
+    # A Ray of its own (address="local"), even where another one runs on this machine.
+    ray.init(address="local", namespace=C.NAMESPACE, num_cpus=2, include_dashboard=False,
+             object_store_memory=100 * 1024**2, _temp_dir=ray_tmp,
+             _system_config={"metrics_report_interval_ms": 1000})
     try:
         supervisor = job.start(Settings.load(environ={**os.environ, **env}), env)
         yield {"sim": sim, "fleet": fleet, "supervisor": supervisor}
@@ -66,6 +71,7 @@ def running(tmp_path_factory):
         job.stop_all(grace_s=2)
         ray.shutdown()
         sim.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +90,14 @@ def after_backups(running):
     address = ray.get(supervisor.metrics_address.remote())
     assert address, "the supervisor serves no metrics endpoint"
     running["url"] = f"http://{address}/metrics"
-    return scrape(running["url"])
+
+    def settled():
+        # The semaphore's gauges come from its stats as of the last reconcile (every 2 s
+        # here), which may have caught a backup in flight.
+        samples = scrape(running["url"])
+        return samples if value(samples, "mikrotik_config_backup_active") == 0 else None
+
+    return wait_for(settled, 15, message="no backup in flight")
 
 
 def test_every_documented_series_is_served(after_backups):
