@@ -170,7 +170,8 @@ def start_job(inventory: str | os.PathLike | None = None, output: str | os.PathL
     """Start the backup job (or re-adopt a running one) with these settings.
 
     ``settings`` are environment variable names, e.g. ``CONFIG_BACKUP_INTERVAL=60``.
-    The job keeps running when the notebook's kernel stops; ``stop_job()`` ends it.
+    On a cluster the job keeps running when the notebook's kernel stops (a local Ray
+    stops with the kernel); ``stop_job()`` ends it.
     """
     _ensure_connected()
     env = job.actor_env({"inventory": _path(inventory), "output": _path(output)})
