@@ -33,7 +33,11 @@ def actor_env(overrides: dict[str, str | None] | None = None) -> dict[str, str]:
     of this driver; the runtime_env carries the settings over. Paths are made
     absolute so that they mean the same in the actors' working directory.
     """
-    names = {f.metadata["env"] for f in dataclasses.fields(Settings)} | {CONFIG_ENV}
+    # Secrets stay out: the dashboard and `ray list actors --detail` show a runtime_env.
+    # They reach the actors through each node's environment (or the job's own runtime_env).
+    names = {
+        f.metadata["env"] for f in dataclasses.fields(Settings) if not f.metadata.get("secret")
+    } | {CONFIG_ENV}
     env = {name: os.environ[name] for name in names if os.environ.get(name)}
     for option, value in (overrides or {}).items():
         if value:
@@ -49,11 +53,12 @@ def connect(address: str | None = None, **local_options) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
+    if address and address != "local":
         ray.init(address=address, namespace=C.NAMESPACE, log_to_driver=True)
     else:
+        # None joins a Ray already running on this machine; "local" always starts one.
         local_options.setdefault("include_dashboard", True)
-        ray.init(namespace=C.NAMESPACE, **local_options)
+        ray.init(address=address, namespace=C.NAMESPACE, **local_options)
 
 
 # Outside service mode the driver beats this often, and the supervisor stops the
@@ -87,7 +92,8 @@ def start(settings: Settings, env: dict[str, str], service: bool = True):
     semaphore = options.semaphore(settings.max_concurrent, settings.logins_per_second, env)
     # A semaphore that already existed keeps its leases; apply today's limits to it.
     ray.get(semaphore.set_limits.remote(settings.max_concurrent, settings.logins_per_second))
-    supervisor = options.supervisor(env)
+    # Near the driver (the head node, under `ray job submit`): a stable metrics address.
+    supervisor = options.supervisor(env, node_id=ray.get_runtime_context().get_node_id())
     summary = ray.get(supervisor.start.remote(None if service else DRIVER_LEASE_S))
     log.info(
         "job running: %d devices in %d actors; metrics at http://%s/metrics",

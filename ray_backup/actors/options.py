@@ -25,13 +25,15 @@ def semaphore(limit: int, logins_per_second: float, env_vars: dict[str, str] | N
     )
 
 
-def supervisor(env_vars: dict[str, str] | None = None):
+def supervisor(env_vars: dict[str, str] | None = None, node_id: str | None = None):
     from ray_backup.actors.supervisor import BackupSupervisor  # it imports this module
 
+    # Soft: if that node goes, Ray restarts the supervisor on another one.
+    strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True) if node_id else None
     return (
         ray.remote(BackupSupervisor)
         .options(name=C.SUPERVISOR_NAME, get_if_exists=True, max_concurrency=10_000,
-                 runtime_env=_runtime_env(env_vars), **_COMMON)
+                 runtime_env=_runtime_env(env_vars), scheduling_strategy=strategy, **_COMMON)
         .remote()
     )
 

@@ -99,6 +99,8 @@ class BackupSupervisor:
             if self._driver_gone():
                 await self._stop_orphaned_fleet()
                 return
+            # mikrotik_config_backup_active and ray_backup_semaphore_waiters read these.
+            await self._step("semaphore stats", self._poll_semaphore)
             if time.monotonic() - self._last_reconcile < self.settings.device_refresh:
                 continue
             try:
@@ -131,6 +133,7 @@ class BackupSupervisor:
         hosts = list(self.hosts.values())
         await asyncio.gather(*(self._retire(h, grace_s) for h in hosts), return_exceptions=True)
         self.hosts.clear()
+        self.metrics.close()
         return len(hosts)
 
     def _serve_metrics(self) -> None:

@@ -92,9 +92,14 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
             "ray-backup", "run", "--inventory", "devices.yaml", "--output", str(out),
             "--status-every", "5", env=env,
         )
+        errors.append(result.stderr[-500:])
         return result if result.returncode == 0 else None
 
-    submitted = wait_for(submit, 90, interval=3, message="job submitted")
+    errors: list[str] = []
+    try:
+        submitted = wait_for(submit, 120, interval=3, message="job submitted")
+    except AssertionError:
+        raise AssertionError(f"job not submitted: {errors[-1] if errors else ''}") from None
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted.stdout).group(0)
 
     def statuses():
@@ -111,6 +116,10 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
     triggered = _cli("trigger", devices[0].id, "--json", address=head_node["gcs"])
     assert triggered.returncode == 0, triggered.stderr
     assert json.loads(triggered.stdout)["status"] == "success"
+
+    # REDIS_URL came only through the job's runtime_env: the actors persisted state with it.
+    r = redis.Redis.from_url(redis_url)
+    assert all(r.exists(f"{redis_prefix}state:{d.id}") for d in devices)
 
     logs = _job_logs(job_id, env)
     assert "job running: 3 devices in 3 actors" in logs
@@ -131,6 +140,5 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
         return not [a.name for a in alive if a.ray_namespace == C.NAMESPACE]
 
     wait_for(no_actors_left, 60, interval=2, message="actors removed")
-    r = redis.Redis.from_url(redis_url)
     assert not [d.id for d in devices if r.exists(C.DEVICE_LOCK_KEY.format(device_id=d.id))]
     assert "stopped 3 device actors" in _job_logs(job_id, env)
