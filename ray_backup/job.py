@@ -99,7 +99,19 @@ def start(settings: Settings, env: dict[str, str], service: bool = True):
         "job running: %d devices in %d actors; metrics at http://%s/metrics",
         summary["devices"], summary["actors"], summary["metrics"],
     )
+    for name in unseen_secrets(settings, summary["settings_seen"]):
+        log.warning(
+            "%s is set here but not where the actors run: set it in the nodes' environment, "
+            "a --config file on every node, or the job's runtime_env", name,
+        )
     return supervisor
+
+
+def unseen_secrets(settings: Settings, seen_by_actors: list[str]) -> list[str]:
+    """Secret settings this driver has that the actors lack (secrets are not forwarded)."""
+    secret = {f.metadata["env"] for f in dataclasses.fields(Settings) if f.metadata.get("secret")}
+    mine = {k for k, v in settings.summary().items() if v and k in secret}
+    return sorted(mine - set(seen_by_actors))
 
 
 def running_supervisor():

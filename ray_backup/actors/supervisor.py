@@ -84,7 +84,12 @@ class BackupSupervisor:
         if self._starting is None or (self._starting.done() and self._starting.exception()):
             self._starting = asyncio.get_running_loop().create_task(self._start())
         await asyncio.shield(self._starting)
-        return {"devices": len(self.devices), "actors": len(self.hosts), "metrics": self.metrics_address()}
+        return {
+            "devices": len(self.devices),
+            "actors": len(self.hosts),
+            "metrics": self.metrics_address(),
+            "settings_seen": sorted(k for k, v in self.settings.summary().items() if v),
+        }
 
     async def _start(self) -> None:
         self._reconcile_lock = asyncio.Lock()
