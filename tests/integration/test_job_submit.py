@@ -30,13 +30,20 @@ def head_node():
     """A one-node Ray cluster started with `ray start --head --block`, stopped after."""
     temp_dir = tempfile.mkdtemp(prefix="rbj", dir="/tmp")
     gcs_port, dash_port = free_port(), free_port()
+    # Ray's default agent, client and metrics ports are fixed numbers: another Ray on this
+    # machine would hold them and leave this head without a job agent.
+    own_ports = [
+        f"--{name}={free_port()}"
+        for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                     "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")
+    ]
     env = {**os.environ, **LOCAL, "PATH": f"{BIN}:{os.environ['PATH']}",
            "RAY_JOB_STOP_WAIT_TIME_S": "20"}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}",
          f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
          "--num-cpus=2", f"--object-store-memory={100 * 1024**2}", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", *own_ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
