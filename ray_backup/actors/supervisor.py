@@ -22,6 +22,7 @@ from ray_backup import constants as C
 from ray_backup import logs
 from ray_backup.actors import options
 from ray_backup.actors.selfstart import call_self_soon
+from ray_backup.actors import placement
 from ray_backup.actors.placement import least_loaded, moves_to_balance
 from ray_backup.inventory.base import open_inventory
 from ray_backup.metrics import FleetMetrics
@@ -31,8 +32,6 @@ from ray_backup.settings import Settings
 log = logging.getLogger(__name__)
 
 PING_TIMEOUT_S = 30.0
-# A worker process with ray, paramiko and the clients imported (measured: ~110 MB RSS).
-ACTOR_PROCESS_BYTES = 120 * 1024 * 1024
 
 
 @dataclass
@@ -350,16 +349,11 @@ class BackupSupervisor:
         if self._fit_warned or not count:
             return
         self._fit_warned = True
-        actors = -(-count // self.settings.devices_per_actor)
-        need = actors * ACTOR_PROCESS_BYTES
-        have = ray.cluster_resources().get("memory", 0)
-        if have and need > have:
-            fits = max(1, int(have // ACTOR_PROCESS_BYTES))
-            log.warning(
-                "%d devices in %d actor processes need about %.1f GB, the cluster has %.1f GB: "
-                "set RAY_BACKUP_DEVICES_PER_ACTOR to at least %d",
-                count, actors, need / 1e9, have / 1e9, -(-count // fits),
-            )
+        warning = placement.fit_warning(
+            count, self.settings.devices_per_actor, ray.cluster_resources().get("memory", 0)
+        )
+        if warning:
+            log.warning("%s", warning)
 
     def _host_of(self, device_id: str) -> Host | None:
         for host in self.hosts.values():
