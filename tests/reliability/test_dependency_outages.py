@@ -132,7 +132,8 @@ def test_kafka_outage_mid_run_loses_nothing_and_delivers_in_order(own_kafka, sim
 
         own_kafka.start()  # an empty broker (tansu keeps nothing); the topic is re-created
         done, _ = backup_round()  # each device sends its spooled snapshots first, then this one
-        assert all(t.result.ok for t in done.values()), [t.result for t in done.values()]
+        for t in done.values():  # (or, if the drainer has the device just now, queues behind it)
+            assert t.result.ok or "spooled behind" in t.result.error, t.result
         deadline = time.monotonic() + 15
         while sink.pending() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -141,7 +142,7 @@ def test_kafka_outage_mid_run_loses_nothing_and_delivers_in_order(own_kafka, sim
     finally:
         sink.close()
 
-    assert statuses[0] == statuses[1] == statuses[4] == {C.STATUS_SUCCESS}
+    assert statuses[0] == statuses[1] == {C.STATUS_SUCCESS}
     for device in devices:
         collected = recorder.collected[device.id]
         assert len(collected) == 5
@@ -316,3 +317,67 @@ def test_semaphore_unavailable_retries_within_a_minute_not_an_interval(sim_devic
     asyncio.run(main())
     assert reports and reports[0]["status"] == C.STATUS_SUCCESS
     assert reports[0]["last_attempt_at"] - start <= 60, "retried only after a whole interval"
+
+
+@pytest.mark.soak
+def test_soak_repeated_kafka_and_redis_outages(own_kafka, own_redis, sim_devices, tmp_path):
+    """RAY_BACKUP_SOAK=1: 16 devices, five cycles of Kafka and Redis going down together
+    for two rounds and coming back; nothing collected is lost or reordered, and the state
+    in Redis ends equal to the loops' state."""
+    simulator, devices = sim_devices(16)
+    topic = own_kafka.create_topic("config.snapshots", partitions=4)
+    settings = Settings(kafka_bootstrap_servers=own_kafka.bootstrap, kafka_topic=topic,
+                        spool_dir=str(tmp_path / "spool"))
+    sink = KafkaSink(settings, delivery_timeout=DELIVERY_S, drain_interval=0.5)
+    recorder = RecordingSink(sink)
+    coordinator = RedisCoordinator(own_redis.url, "soak:")
+    fleet = harness.fleet(devices, harness.collector(recorder), coordinator)
+    seen: dict[str, list[dict]] = defaultdict(list)
+    in_broker = 0  # events the broker holds since its last (empty) start
+
+    def collect_from_broker():
+        events, count = consumed_events(own_kafka.bootstrap, topic, expected=in_broker)
+        assert count == in_broker
+        for device_id, got in events.items():
+            seen[device_id].extend(got)
+
+    def backup_round():
+        for sim in simulator.devices:
+            sim.mutate()
+        return fleet.round()
+
+    try:
+        for _cycle in range(5):
+            for _ in range(2):
+                done = backup_round()
+                assert all(t.result.ok or "spooled behind" in t.result.error
+                           for t in done.values())
+            in_broker += 2 * len(devices)
+            deadline = time.monotonic() + 60
+            while sink.pending() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            collect_from_broker()
+            own_kafka.stop()
+            own_redis.stop()
+            for _ in range(2):
+                done = backup_round()
+                assert {t.result.error_kind for t in done.values()} == {errors.PUBLISH_FAILED}
+            own_kafka.start()
+            own_redis.start()
+            deadline = time.monotonic() + 90
+            while sink.pending() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert sink.pending() == 0
+            in_broker = 2 * len(devices)  # the restarted broker holds the spooled ones only
+        collect_from_broker()
+        for device in devices:
+            assert without_repeats(seen[device.id]) == recorder.collected[device.id]
+        assert coordinator.is_online(devices[0].id) and coordinator.available  # flushes state
+        check = redis.Redis.from_url(own_redis.url, decode_responses=True)
+        for device in devices:
+            stored = json.loads(check.get(f"soak:state:{device.id}"))
+            assert stored == fleet.loops[device.id].state.to_dict()
+        check.close()
+    finally:
+        sink.close()
+        coordinator.close()

@@ -332,3 +332,40 @@ def test_settings_secrets_stay_out_of_ray_state(stop_job_after, local_ray, simul
     leaks = harness.find_leaks(state_api(gcs_address),
                                {"CREDENTIAL_ENCRYPTION_KEY": KEY, "KAFKA_SASL_PASSWORD": sasl})
     assert not leaks, "\n".join(leaks)
+
+
+def test_kafka_outage_during_the_long_running_job(stop_job_after, own_kafka, simulator,
+                                                 redis_url, redis_prefix, tmp_path):
+    """The broker goes away under the running job; every device's snapshot taken meanwhile
+    is kept in the node's spool and reaches the broker after it returns, in order, through
+    the actors' background drainers (the devices themselves are backing off by then)."""
+    from ray_backup.drivers.base import sha256_hex
+    from ray_backup.drivers.routeros import DRIVER
+    from ray_backup.sinks.spool import DiskSpool
+
+    sim = simulator(4)
+    path = write_inventory_yaml(tmp_path / "fleet.yaml", sim.devices)
+    topic = own_kafka.create_topic("config.snapshots", partitions=2)
+    env = env_for(tmp_path, RAY_BACKUP_INVENTORY=path, REDIS_URL=redis_url,
+                  RAY_BACKUP_REDIS_PREFIX=redis_prefix, KAFKA_BOOTSTRAP_SERVERS=own_kafka.bootstrap,
+                  KAFKA_TOPIC=topic, CONFIG_BACKUP_INTERVAL="4")
+    supervisor = start_job(env)
+    ids = [d.id for d in sim.devices]
+    wait_for(lambda: all((status(supervisor).get(i) or {}).get("last_success_at") for i in ids),
+             90, "first backups")
+    own_kafka.stop()
+    wait_for(lambda: all((status(supervisor).get(i) or {}).get("last_error_kind")
+                         == "publish_failed" for i in ids), 60, "backups failing to publish")
+    spool = DiskSpool(tmp_path / "spool", 1 << 30)
+    assert spool.pending() >= len(ids)
+    own_kafka.start()  # empty: only what was spooled can arrive now
+    wait_for(lambda: spool.pending() == 0, 150, "the spool drained by the actors")
+    events = [json.loads(m.value()) for m in consume_all(own_kafka.bootstrap, topic, timeout=20)]
+    expected = {d.id: sha256_hex(DRIVER.normalize(d.export_bytes(sensitive=True).decode()))
+                for d in sim.devices}
+    assert {e["device_id"] for e in events} == set(ids)
+    for event in events:
+        assert event["sha256_hash"] == expected[event["device_id"]]
+    for device_id in ids:
+        times = [e["collected_at"] for e in events if e["device_id"] == device_id]
+        assert times == sorted(times)
