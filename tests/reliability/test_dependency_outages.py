@@ -261,7 +261,7 @@ def test_redis_down_or_hung_backups_go_on_and_state_catches_up(own_redis, sim_de
 async def _scheduled(fleet):
     loops = list(fleet.loops.values())
     results = await asyncio.gather(*(loop.tick(manual=False) for loop in loops))
-    return {loop.device.id: result for loop, result in zip(loops, results)}
+    return {loop.device.id: result for loop, result in zip(loops, results, strict=True)}
 
 
 class FlakyPermits(harness.LocalPermits):
