@@ -13,8 +13,9 @@ import functools
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from ray_backup import constants as C
 from ray_backup import state as sm

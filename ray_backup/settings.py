@@ -14,16 +14,16 @@ import dataclasses
 import math
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from ray_backup import constants as C
 from ray_backup.errors import ConfigError
-
 
 # Names a YAML file holding any of the settings below (the CLI's --config).
 CONFIG_ENV = "RAY_BACKUP_CONFIG"

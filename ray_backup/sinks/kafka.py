@@ -190,7 +190,7 @@ class KafkaSink:
             loaded = self._load(batch)
             results = self._deliver([snapshot for _, snapshot in loaded])
             failure = None
-            for (entry, _), error in zip(loaded, results):
+            for (entry, _), error in zip(loaded, results, strict=True):
                 if error is None:
                     self.spool.remove(entry)
                     delivered += 1
@@ -229,7 +229,7 @@ class KafkaSink:
             retry = [i for i, e in enumerate(results) if e is not None and e.code() not in _PERMANENT]
             producer, _ = self._current
             again = self._wait([self._produce(producer, snapshots[i]) for i in retry])
-            for i, error in zip(retry, again):
+            for i, error in zip(retry, again, strict=True):
                 results[i] = error
         if any(e is None for e in results):
             self._now_reachable()

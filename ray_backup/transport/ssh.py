@@ -106,7 +106,9 @@ class SSHSession:
         except paramiko.SSHException as exc:
             raise _handshake_error(exc, self.options.connect_timeout) from None
         except (EOFError, OSError) as exc:
-            raise TruncatedOutput(f"connection closed during SSH handshake ({type(exc).__name__})")
+            raise TruncatedOutput(
+                f"connection closed during SSH handshake ({type(exc).__name__})"
+            ) from None
         if transport.host_key is None:  # start_client returns quietly when it times out
             raise CommandTimeout(
                 f"SSH handshake did not finish within {self.options.connect_timeout:g} s"
@@ -164,7 +166,7 @@ class SSHSession:
             channel.settimeout(min(_POLL_S, remaining))
             try:
                 data = channel.recv(_READ_CHUNK)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except (OSError, EOFError, paramiko.SSHException):
                 data = b""
@@ -190,7 +192,7 @@ def _open_socket(host: str, port: int, timeout: float) -> socket.socket:
         return socket.create_connection((host, port), timeout=timeout)
     except ConnectionRefusedError:
         raise ConnectionRefused(f"connection refused by {host}:{port}") from None
-    except socket.timeout:
+    except TimeoutError:
         raise Unreachable(f"no answer from {host}:{port} within {timeout:g} s") from None
     except socket.gaierror as exc:
         raise Unreachable(f"cannot resolve {host!r}: {exc.strerror}") from None

@@ -4,7 +4,8 @@ of everything a faulty run leaves behind for device secrets.
 One Ray instance for the module (2 CPUs, 100 MB object store); every test stops the job's
 actors when it ends. The tests hand secret settings to the actors in the env dict given to
 ``job.start`` (a test convenience: the Ray here was started before the test set them); the
-driver itself keeps them out of that dict (``test_settings_secrets_stay_out_of_ray_state``). Killed actors, a killed supervisor and a lost node are covered by
+driver itself keeps them out of that dict (``test_settings_secrets_stay_out_of_ray_state``).
+Killed actors, a killed supervisor and a lost node are covered by
 ``tests/integration/test_actor_system.py`` on a 3-node cluster.
 """
 
