@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-import time
 
 from ray_backup import __version__, logs
 from ray_backup.errors import ConfigError
@@ -177,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         if inventory:
             sp.add_argument("--inventory", metavar="FILE", help="YAML inventory (default: DATABASE_URL)")
         if output:
-            sp.add_argument("--output", metavar="DIR", help="directory sink when no Kafka is set (default ./backups)")
+            sp.add_argument("--output", metavar="DIR",
+                            help="directory sink when no Kafka is set (default ./backups)")
 
     sp = add("run", cmd_run, "run the backup job until stopped (what `ray job submit` runs)")
     common(sp)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -17,7 +16,6 @@ import time
 import ray
 
 from ray_backup import constants as C
-from ray_backup import logs
 from ray_backup.settings import CONFIG_ENV, Settings
 
 log = logging.getLogger("ray_backup.job")

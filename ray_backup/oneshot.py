@@ -7,7 +7,7 @@ else through a semaphore of its own with the same limit.
 from __future__ import annotations
 
 import uuid
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import ray
 

@@ -39,7 +39,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # `python -m pytest` adds it; plain `pytest` may not
     sys.path.insert(0, str(_ROOT))
 
-from tests.support import services as svc
+from tests.support import services as svc  # noqa: E402 (needs the sys.path line above)
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -56,7 +56,8 @@ def _session_service(kind, env_var, default_url, reachable, factory):
     url, server, how = svc.resolve_service(kind, env_var, default_url, reachable, factory,
                                            force_own=_force_own())
     if server is not None:
-        _chosen[kind] = f"private {type(server).__name__} at {url} (started in {server.start_durations[0]:.2f}s)"
+        started = server.start_durations[0]
+        _chosen[kind] = f"private {type(server).__name__} at {url} (started in {started:.2f}s)"
     else:
         _chosen[kind] = f"{url} ({how})"
     return url, server

@@ -16,7 +16,7 @@ import ray
 from ray_backup import constants as C
 from ray_backup import logs
 from ray_backup.actors.selfstart import call_self_soon
-from ray_backup.loop import DeviceLoop, LoopDeps
+from ray_backup.loop import DeviceLoop, LoopDeps, in_thread
 from ray_backup.models import Device
 from ray_backup.runtime import Runtime
 from ray_backup.settings import Settings
@@ -114,7 +114,7 @@ class DeviceBackupActor:
 
     async def _start_loop(self, device: Device) -> None:
         assert self._deps is not None
-        state = await asyncio.to_thread(self._deps.coordinator.load_state, device.id)
+        state = await in_thread(self._deps.coordinator.load_state, device.id)
         loop = DeviceLoop(device, self._deps, state)
         self._loops[device.id] = loop
         loop.start()
@@ -144,7 +144,7 @@ class DeviceBackupActor:
         if loop is not None:
             await loop.stop()
             if forget_state and self._deps is not None:
-                await asyncio.to_thread(self._deps.coordinator.delete_state, device_id)
+                await in_thread(self._deps.coordinator.delete_state, device_id)
             log.info("device %s: removed from the inventory, loop stopped", device_id)
         return len(self._loops)
 

@@ -20,10 +20,9 @@ import ray
 
 from ray_backup import constants as C
 from ray_backup import logs
-from ray_backup.actors import options
-from ray_backup.actors.selfstart import call_self_soon
-from ray_backup.actors import placement
+from ray_backup.actors import options, placement
 from ray_backup.actors.placement import least_loaded, moves_to_balance
+from ray_backup.actors.selfstart import call_self_soon
 from ray_backup.inventory.base import open_inventory
 from ray_backup.metrics import FleetMetrics
 from ray_backup.models import Device
@@ -285,7 +284,7 @@ class BackupSupervisor:
             *(asyncio.wait_for(h.handle.ping.remote(), PING_TIMEOUT_S) for h in hosts),
             return_exceptions=True,
         )
-        for host, info in zip(hosts, results):
+        for host, info in zip(hosts, results, strict=True):
             if _gone(info):
                 log.warning("device actor %s is gone; its devices will be recreated", host.name)
                 self.hosts.pop(host.name, None)

@@ -11,7 +11,7 @@ import asyncio
 from ray_backup import constants as C
 from ray_backup import logs
 from ray_backup.actors.device import SemaphorePermits
-from ray_backup.loop import LoopDeps, guarded_backup
+from ray_backup.loop import LoopDeps, guarded_backup, in_thread
 from ray_backup.models import Device
 from ray_backup.runtime import Runtime
 from ray_backup.settings import Settings
@@ -44,7 +44,7 @@ class FleetWorker:
     async def backup(self, device: Device) -> dict:
         """One backup with online gating, permit and lock; the result as JSON-ready dict."""
         deps = await self._ensure()
-        if not await asyncio.to_thread(deps.coordinator.is_online, device.id):
+        if not await in_thread(deps.coordinator.is_online, device.id):
             return {"device_id": device.id, "status": C.STATUS_SKIPPED_OFFLINE, "sha256_hash": None,
                     "error_kind": None, "error": None, "duration_s": 0.0}
         result, _ = await guarded_backup(device, deps)

@@ -66,7 +66,7 @@ def _fault_plan(n: int, faults: Mapping[str, int], rng: random.Random) -> dict[i
     wanted = [kind for kind in sorted(faults) for _ in range(faults[kind])]
     if len(wanted) > n:
         raise ValueError(f"{len(wanted)} faulty devices asked for in a fleet of {n}")
-    return dict(zip(rng.sample(range(n), len(wanted)), wanted))
+    return dict(zip(rng.sample(range(n), len(wanted)), wanted, strict=True))
 
 
 def pad_config(device: SimDevice, config_bytes: int) -> None:

@@ -14,7 +14,8 @@ from ray_backup.snapshot import Snapshot
 
 def snap(device: str, n: int, size: int = 0, version: str | None = "7.16") -> Snapshot:
     text = f"# config {n}\n/system identity set name={device}\n" + "#" * size + "\n"
-    return Snapshot(device_id=device, tenant_id="tenant-1", collected_at=f"2025-01-01T00:{n // 60:02d}:{n % 60:02d}Z",
+    collected_at = f"2025-01-01T00:{n // 60:02d}:{n % 60:02d}Z"
+    return Snapshot(device_id=device, tenant_id="tenant-1", collected_at=collected_at,
                     sha256_hash=f"{n:064x}", config_text=text, normalization_version=2,
                     routeros_version=version)
 

@@ -489,7 +489,7 @@ def test_inventory_yaml_describes_the_fleet(tmp_path: Path):
             "7.18.2",
             "6.49.10",
         ]
-        for row, device in zip(rows, devices):
+        for row, device in zip(rows, devices, strict=True):
             target = SimDevice(id=row["id"], host=row["host"], port=row["port"])
             if device.fault == "refuse":
                 with pytest.raises(ConnectionRefusedError):

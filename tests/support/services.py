@@ -110,7 +110,9 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def wait_for_port(host: str, port: int, timeout: float = 10.0, *, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float = 10.0, *, proc: subprocess.Popen | None = None
+) -> None:
     """Wait until host:port accepts TCP connections; raise TimeoutError after ``timeout`` s.
 
     With ``proc``, fail early (ServiceError) if that process exits meanwhile.
@@ -120,7 +122,9 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0, *, proc: subproce
         if port_open(host, port, timeout=0.2):
             return
         if proc is not None and proc.poll() is not None:
-            raise ServiceError(f"process {proc.pid} exited with {proc.returncode} before {host}:{port} opened")
+            raise ServiceError(
+                f"process {proc.pid} exited with {proc.returncode} before {host}:{port} opened"
+            )
         if time.monotonic() >= deadline:
             raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.1f}s")
         time.sleep(0.02)
@@ -205,7 +209,9 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
-def _privilege_prefix(run_as: tuple[int, int] | None, pdeathsig: signal.Signals | None) -> tuple[list[str], dict]:
+def _privilege_prefix(
+    run_as: tuple[int, int] | None, pdeathsig: signal.Signals | None
+) -> tuple[list[str], dict]:
     """argv prefix / Popen kwargs to run a child as ``run_as`` (uid, gid) with a death signal.
 
     The death signal is only used from the main thread: Linux sends it when the *thread* that
@@ -560,7 +566,9 @@ class PostgresServer(ManagedServer):
             run_as=self._uid_gid, env=self._env(), timeout=120,
         )
         if res.returncode != 0:
-            raise ServiceError(f"initdb failed ({res.returncode}) in {self.data_dir}:\n{res.stdout}\n{res.stderr}")
+            raise ServiceError(
+                f"initdb failed ({res.returncode}) in {self.data_dir}:\n{res.stdout}\n{res.stderr}"
+            )
 
     def _argv(self) -> list[str]:
         bin_dir = _pg_bin_dir(self._uid_gid)

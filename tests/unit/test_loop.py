@@ -1,6 +1,7 @@
 """DeviceLoop on a fake clock with fake collaborators: the tick's gating and the schedule."""
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -164,7 +165,7 @@ def test_timer_loop_jitters_first_backup_then_keeps_the_interval():
     first = reports[0]["last_attempt_at"]
     assert start + 30 <= first <= start + 300
     attempts = [r["last_attempt_at"] for r in reports]
-    assert [b - a for a, b in zip(attempts, attempts[1:])] == [SCHEDULE.interval] * 2
+    assert [b - a for a, b in itertools.pairwise(attempts)] == [SCHEDULE.interval] * 2
 
 
 def test_restored_state_resumes_schedule_and_stays_blocked():
