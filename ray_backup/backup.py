@@ -125,18 +125,30 @@ class Collector:
         return snapshot, device
 
     def collect(self, device: Device, creds: Credentials, driver: Driver) -> Collected:
-        """Log in, find the version if unknown, run the export."""
+        """Log in, find the version if unknown, run the export.
+
+        The inventory's version can be stale (the device was upgraded or downgraded).
+        The export's header names the real release, or, when the export was refused,
+        the version command does; if that release wants another export command, the
+        export runs again with it rather than failing or silently dropping secrets.
+        """
         with SSHSession(
             device.host, device.port, creds, device.host_key_fingerprint, self.options
         ) as ssh:
-            version = device.routeros_version
-            if not version:
-                version = driver.parse_version(decode_output(ssh.run(driver.version_command)))
-            raw = decode_output(ssh.run(driver.export_command(version, self.export_mode)))
-            if version is None:
-                # Still unknown: the export header names the release.
-                version = driver.parse_version(raw)
-            return Collected(raw=raw, version=version, fingerprint=ssh.fingerprint)
+
+            def probe() -> str | None:
+                return driver.parse_version(decode_output(ssh.run(driver.version_command)))
+
+            version = device.routeros_version or probe()
+            command = driver.export_command(version, self.export_mode)
+            raw = decode_output(ssh.run(command))
+            actual = driver.parse_version(raw)
+            if actual is None and driver.reject_reason(raw) is not None and device.routeros_version:
+                actual = probe()
+            if actual and driver.export_command(actual, self.export_mode) != command:
+                log.info("device %s: runs %s, not %s as recorded", device.id, actual, version)
+                raw = decode_output(ssh.run(driver.export_command(actual, self.export_mode)))
+            return Collected(raw=raw, version=actual or version, fingerprint=ssh.fingerprint)
 
     def _trust(self, device: Device, fingerprint: str) -> None:
         log.info("device %s: trusting host key %s on first use", device.id, fingerprint)

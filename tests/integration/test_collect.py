@@ -214,3 +214,17 @@ def test_key_file_logs_in_with_a_public_key(sim_fleet, collect, tmp_path):
     inventory.write_text(yaml.safe_dump({"devices": rows}))
     result, _, _ = collect(YamlInventory(inventory).load().devices[0])
     assert result.ok, result
+
+
+@pytest.mark.parametrize("real, recorded", [("6.49.10", "7.16"), ("7.16", "6.49.10")])
+def test_a_stale_recorded_version_is_corrected_not_trusted(sim_fleet, collect, tmp_path, real, recorded):
+    sim, sims, inventory = sim_fleet(1, versions=(real,))
+    device = next(iter(_devices(inventory).values()))
+    stale = Device(**{**device.__dict__, "routeros_version": recorded})
+    result, known, _ = collect(stale)
+    assert result.ok, result
+    assert known.routeros_version == real
+    event = json.loads((tmp_path / "out" / "snapshots.jsonl").read_text().splitlines()[-1])
+    # show-sensitive was asked for: whichever release, the secrets are in the backup.
+    assert sim.device(device.id).secret in event["config_text"]
+    assert event["routeros_version"] == real
