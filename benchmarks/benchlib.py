@@ -27,7 +27,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO) not in sys.path:  # tests.support.services starts Kafka and PostgreSQL servers
-    sys.path.insert(0, str(REPO))
+    # Last, so that a PYTHONPATH copy of ray_backup (to measure a proposed change) wins.
+    sys.path.append(str(REPO))
 RESULTS = HERE / "results"
 # Ray's sockets and session files live here, apart from /tmp/ray, so a benchmark never
 # joins (or is joined by) another Ray instance running on the same machine.
@@ -147,6 +148,16 @@ def write_fingerprints(inventory: Path, rows: Sequence[dict], workers: int = 10)
     sidecar = Path(f"{inventory}.hostkeys.json")
     sidecar.write_text(json.dumps({k: {"fingerprint": v} for k, v in keys.items()}, indent=1))
     return len(keys)
+
+
+def scratch(prefix: str) -> str:
+    """A temporary directory removed when this process exits (snapshots, inventories)."""
+    import atexit
+    import shutil
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def export_command(row: dict) -> str:
@@ -430,10 +441,14 @@ def local_ray(num_cpus: int = 2, **options: Any) -> Iterator[None]:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     ray.init(address="local", num_cpus=num_cpus, namespace=C.NAMESPACE,
              _temp_dir=RAY_TEMP_DIR, **options)
+    session = ray._private.worker._global_node.get_session_dir_path()
     try:
         yield
     finally:
         ray.shutdown()
+        import shutil
+
+        shutil.rmtree(session, ignore_errors=True)  # its logs: ~5 MB per run
         leftovers = wait_children_gone(15.0, keep=before)
         if leftovers:
             names = sorted({_name(p) for p in leftovers})
@@ -468,8 +483,11 @@ def wait_children_gone(patience: float, keep: Iterable[int] = ()) -> list[psutil
 
 def run_child(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> dict:
     """Run ``python <argv>``; its last stdout line starting ``RESULT `` is its JSON answer."""
-    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO,
-                          env=env or clean_env(), timeout=timeout)
+    # Not run from the checkout: Ray puts the driver's working directory first on its
+    # workers' path, which would hide a PYTHONPATH copy of ray_backup under test.
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True,
+                          cwd=tempfile.gettempdir(), env=env or clean_env(), timeout=timeout,
+                          check=False)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -512,10 +530,20 @@ def machine() -> dict[str, Any]:
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, text=True, timeout=10, check=False)
     except OSError:
         return None
     return out.stdout.strip() or None
+
+
+def uncommitted_code() -> list[str]:
+    """Files of the package that differ from the commit (what the run used is the tree)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "ray_backup"], cwd=REPO,
+                             capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return []
+    return [line[3:] for line in out.stdout.splitlines()]
 
 
 def save(name: str, payload: dict, output: str | os.PathLike | None = None) -> Path:
@@ -526,6 +554,7 @@ def save(name: str, payload: dict, output: str | os.PathLike | None = None) -> P
         "benchmark": name,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
+        "uncommitted_ray_backup_files": uncommitted_code(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": machine(),
         **payload,

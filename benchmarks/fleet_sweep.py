@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl
 
 TOOLS = ("floor", "ray-backup", "nornir")
+IDLE_S = 3.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,7 +113,7 @@ def run_nornir(rows: list[dict], k: int, sim_pid: int) -> dict:
     from nornir_netmiko.tasks import netmiko_send_command
 
     logging.getLogger("nornir").setLevel(logging.CRITICAL)
-    workdir = tempfile.mkdtemp(prefix="rb-bench-nornir-")
+    workdir = bl.scratch("rb-bench-nornir-")
     hosts = {
         row["hostname"]: {
             "hostname": row["host"], "port": row["port"], "username": row["username"],
@@ -164,7 +165,7 @@ def run_ray_backup(inventory: str, k: int, sim_pid: int, ray_cpus: int, limit: i
     from ray_backup.inventory.yamlfile import YamlInventory
     from ray_backup.settings import Settings
 
-    out = tempfile.mkdtemp(prefix="rb-bench-out-")
+    out = bl.scratch("rb-bench-out-")
     os.environ.update({
         "RAY_BACKUP_INVENTORY": inventory,
         "RAY_BACKUP_OUTPUT_DIR": out,
@@ -180,6 +181,11 @@ def run_ray_backup(inventory: str, k: int, sim_pid: int, ray_cpus: int, limit: i
     with bl.local_ray(num_cpus=ray_cpus):
         ray_start_s = time.perf_counter() - started
         settle_s = bl.wait_quiet(exclude=[sim_pid])
+        # What Ray's own processes burn while nothing happens: a cost per second, not
+        # per backup, that a long (low K, slow devices) run pays more of.
+        idle = bl.Window(sim_pid).start()
+        time.sleep(IDLE_S)
+        idle_cpu_per_s = idle.stop()["cpu_s"] / IDLE_S
         window = bl.Window(sim_pid)
         progress = bl.Progress(window, len(devices))
         results: list[dict] = []
@@ -193,7 +199,8 @@ def run_ray_backup(inventory: str, k: int, sim_pid: int, ray_cpus: int, limit: i
         measured = window.stop()
     counts = bl.status_counts(results)
     return {**measured, **progress.summary(), "ok": counts.get("success", 0), "statuses": counts,
-            "ray_start_s": round(ray_start_s, 2), "settle_s": round(settle_s, 2)}
+            "ray_start_s": round(ray_start_s, 2), "settle_s": round(settle_s, 2),
+            "idle_cpu_per_s": round(idle_cpu_per_s, 4)}
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -209,7 +216,9 @@ def child_main(args: argparse.Namespace) -> None:
         result = run_nornir(rows, k, args.sim_pid)
     else:
         result = run_ray_backup(args.inventory, k, args.sim_pid, args.ray_cpus, args.limit)
-    bl.child_answer({"n": len(rows), **result})
+    import ray_backup
+
+    bl.child_answer({"n": len(rows), **result, "ray_backup_path": str(Path(ray_backup.__file__).parent)})
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -247,6 +256,7 @@ def one_run(args: argparse.Namespace, sim: bl.SimFleet, tool: str, n: int, k: in
         "backups_per_s": round(result["ok"] / result["wall_s"], 3) if result["wall_s"] else None,
         "cpu_ms_per_backup": round(1000 * result["cpu_s"] / max(result["ok"], 1), 3),
         "sim_cpu_ms_per_backup": round(1000 * result["sim_cpu_s"] / max(result["ok"], 1), 3),
+        "cpu_ms_per_backup_net_of_idle": net_of_idle(result),
         "sim_exports": exports,
         "sim_commands_per_backup": round((after["commands"] - before["commands"]) / max(done, 1), 2),
         "sim_peak_commands": after["peak_active_commands"],
@@ -256,6 +266,12 @@ def one_run(args: argparse.Namespace, sim: bl.SimFleet, tool: str, n: int, k: in
           f"sim {run['sim_cpu_ms_per_backup']:6.2f} ms/backup  wall {result['wall_s']:.1f} s",
           flush=True)
     return run
+
+
+def net_of_idle(result: dict) -> float:
+    """CPU per backup without what Ray's processes use idle over the same wall time."""
+    idle = result.get("idle_cpu_per_s") or 0.0
+    return round(1000 * (result["cpu_s"] - idle * result["wall_s"]) / max(result["ok"], 1), 3)
 
 
 def summarize(runs: list[dict], args: argparse.Namespace) -> list[dict]:
@@ -274,6 +290,14 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> list[dict]:
                     "backups_per_s": bl.median(r["backups_per_s"] for r in mine),
                     "cpu_ms_per_backup": bl.median(r["cpu_ms_per_backup"] for r in mine),
                     "sim_cpu_ms_per_backup": bl.median(r["sim_cpu_ms_per_backup"] for r in mine),
+                    "cpu_ms_per_backup_net_of_idle": bl.median(
+                        r["cpu_ms_per_backup_net_of_idle"] for r in mine),
+                    "idle_cpu_per_s": bl.median(r.get("idle_cpu_per_s") for r in mine),
+                    "steady_backups_per_s": bl.median(
+                        (r.get("steady") or {}).get("per_s") for r in mine),
+                    "steady_cpu_ms_per_backup": bl.median(
+                        (r.get("steady") or {}).get("cpu_ms_per_item") for r in mine),
+                    "first_result_s": bl.median(r.get("first_result_s") for r in mine),
                     "sim_commands_per_backup": bl.median(r["sim_commands_per_backup"] for r in mine),
                     "wall_s": bl.median(r["wall_s"] for r in mine),
                 }
@@ -284,7 +308,8 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> list[dict]:
                 for ref, name in (("floor", "floor"), ("nornir", "Nornir")):
                     if ref in cell:
                         summary[f"vs_{ref}"] = bl.ratio(rb["backups_per_s"], cell[ref]["backups_per_s"], name)
-                        summary[f"vs_{ref}_value"] = round(rb["backups_per_s"] / cell[ref]["backups_per_s"], 3)
+                        summary[f"vs_{ref}_value"] = round(
+                            rb["backups_per_s"] / cell[ref]["backups_per_s"], 3)
                         summary[f"cpu_vs_{ref}"] = bl.ratio(rb["cpu_ms_per_backup"],
                                                             cell[ref]["cpu_ms_per_backup"], name)
             rows.append(summary)
@@ -299,11 +324,13 @@ def table(doc: dict) -> str:
             ratio_nornir = s.get("vs_nornir") if tool == "ray-backup" else None
             lines.append([s["devices"], s["concurrency"], tool,
                           f"{t['backed_up']}{'' if t['all_ok'] else ' (failures)'}",
-                          t["backups_per_s"], t["cpu_ms_per_backup"], t["sim_cpu_ms_per_backup"],
+                          t["backups_per_s"], t.get("steady_backups_per_s"), t["cpu_ms_per_backup"],
+                          t.get("cpu_ms_per_backup_net_of_idle"), t["sim_cpu_ms_per_backup"],
                           t["sim_commands_per_backup"], ratio_floor, ratio_nornir])
     return bl.markdown_table(
-        ["N", "K", "tool", "backed up", "backups/s", "CPU ms/backup", "sim CPU ms/backup",
-         "sim cmds/backup", "vs floor", "vs Nornir"], lines)
+        ["N", "K", "tool", "backed up", "backups/s", "steady backups/s", "CPU ms/backup",
+         "CPU ms/backup net of Ray idle", "sim CPU ms/backup", "sim cmds/backup", "vs floor",
+         "vs Nornir"], lines)
 
 
 def main(argv: list[str] | None = None) -> int:

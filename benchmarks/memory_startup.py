@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -70,7 +69,7 @@ def measure(n: int, per_actor: int, ray_cpus: int, settle: float, timeout: float
     from ray_backup import job
     from ray_backup.settings import Settings
 
-    workdir = tempfile.mkdtemp(prefix="rb-bench-mem-")
+    workdir = bl.scratch("rb-bench-mem-")
     inventory = Path(workdir) / "devices.yaml"
     bl.write_inventory(inventory, n)
     os.environ.update(bl.QUIET_JOB_ENV)
@@ -166,8 +165,10 @@ def summarize(runs: list[dict]) -> list[dict]:
             "start_returned_s": bl.median(r["start_returned_s"] for r in mine),
             "uss_kib_per_device": round(bl.median(r["uss_bytes_per_device"] for r in mine) / 1024, 1),
             "rss_kib_per_device": round(bl.median(r["rss_bytes_per_device"] for r in mine) / 1024, 1),
-            "uss_mib_per_actor_process": round(bl.median(r["uss_bytes_per_actor_process"] for r in mine) / 2**20, 1),
-            "rss_mib_per_actor_process": round(bl.median(r["rss_bytes_per_actor_process"] for r in mine) / 2**20, 1),
+            "uss_mib_per_actor_process": round(
+                bl.median(r["uss_bytes_per_actor_process"] for r in mine) / 2**20, 1),
+            "rss_mib_per_actor_process": round(
+                bl.median(r["rss_bytes_per_actor_process"] for r in mine) / 2**20, 1),
             "all_ok": all(r["all_running_s"] is not None for r in mine),
         }
         if key[2] > 1:

@@ -79,7 +79,7 @@ def run_pipeline(inventory: str, k: int, sim_pid: int) -> dict:
 
     in_thread = getattr(rb_loop, "in_thread", asyncio.to_thread)
     os.environ.update({"RAY_BACKUP_INVENTORY": inventory,
-                       "RAY_BACKUP_OUTPUT_DIR": tempfile.mkdtemp(prefix="rb-bench-out-"),
+                       "RAY_BACKUP_OUTPUT_DIR": bl.scratch("rb-bench-out-"),
                        "CONFIG_BACKUP_MAX_CONCURRENT": str(k)})
     settings = Settings.load()
     runtime = Runtime(settings)
@@ -191,7 +191,8 @@ def compare(args: argparse.Namespace) -> dict:
                         runs.append(run)
                         steady = result.get("steady") or {}
                         print(f"K={k} #{repeat} {variant:10s} ok {result['ok']}/{result['n']} "
-                              f"wall {result['wall_s']:.2f} s  cpu {1000 * result['cpu_s'] / result['n']:.2f} "
+                              f"wall {result['wall_s']:.2f} s  "
+                              f"cpu {1000 * result['cpu_s'] / result['n']:.2f} "
                               f"ms/backup  steady {steady.get('cpu_ms_per_item')} ms/backup", flush=True)
         finally:
             svc.delete_topic(bootstrap, topic)
@@ -214,7 +215,8 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> list[dict]:
                 "all_ok": all(r["ok"] == r["n"] for r in mine),
                 "wall_ms_per_backup": bl.median(1000 * r["wall_s"] / n for r in mine),
                 "cpu_ms_per_backup": bl.median(1000 * r["cpu_s"] / n for r in mine),
-                "steady_cpu_ms_per_backup": bl.median((r.get("steady") or {}).get("cpu_ms_per_item") for r in mine),
+                "steady_cpu_ms_per_backup": bl.median(
+                    (r.get("steady") or {}).get("cpu_ms_per_item") for r in mine),
                 "steady_wall_ms_per_backup": bl.median(
                     1000 / r["steady"]["per_s"] for r in mine if r.get("steady")),
                 "kafka_cpu_ms_per_backup": bl.median(
@@ -222,6 +224,8 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> list[dict]:
                 "redis_cpu_ms_per_backup": bl.median(
                     1000 * r["services_cpu_s"].get("redis", 0) / n for r in mine),
                 "sim_cpu_ms_per_backup": bl.median(1000 * r["sim_cpu_s"] / n for r in mine),
+                "idle_cpu_per_s": bl.median(r.get("idle_cpu_per_s") for r in mine),
+                "cpu_ms_per_backup_net_of_idle": bl.median(fleet_sweep.net_of_idle(r) for r in mine),
             }
         row = {"concurrency": k, "devices": args.devices, "variants": per}
         if "floor" in per and "ray-backup" in per:
@@ -229,6 +233,8 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> list[dict]:
             row["added"] = {
                 "steady_cpu_ms": _minus(rb["steady_cpu_ms_per_backup"], f["steady_cpu_ms_per_backup"]),
                 "end_to_end_cpu_ms": _minus(rb["cpu_ms_per_backup"], f["cpu_ms_per_backup"]),
+                "end_to_end_cpu_ms_net_of_idle": _minus(rb["cpu_ms_per_backup_net_of_idle"],
+                                                        f["cpu_ms_per_backup_net_of_idle"]),
                 "steady_wall_ms": _minus(rb["steady_wall_ms_per_backup"], f["steady_wall_ms_per_backup"]),
                 "end_to_end_wall_ms": _minus(rb["wall_ms_per_backup"], f["wall_ms_per_backup"]),
             }
@@ -252,19 +258,22 @@ def table(doc: dict) -> str:
     for s in doc["summary"]:
         for variant, v in s["variants"].items():
             rows.append([s["concurrency"], variant, v["steady_cpu_ms_per_backup"], v["cpu_ms_per_backup"],
-                         v["steady_wall_ms_per_backup"], v["wall_ms_per_backup"],
-                         v["kafka_cpu_ms_per_backup"], v["redis_cpu_ms_per_backup"]])
+                         v.get("cpu_ms_per_backup_net_of_idle"), v["steady_wall_ms_per_backup"],
+                         v["wall_ms_per_backup"], v["kafka_cpu_ms_per_backup"], v["redis_cpu_ms_per_backup"]])
         if "added" in s:
             a = s["added"]
-            rows.append([s["concurrency"], "**added by ray-backup**", a["steady_cpu_ms"], a["end_to_end_cpu_ms"],
-                         a["steady_wall_ms"], a["end_to_end_wall_ms"], None, None])
+            rows.append([s["concurrency"], "**added by ray-backup**", a["steady_cpu_ms"],
+                         a["end_to_end_cpu_ms"],
+                         a.get("end_to_end_cpu_ms_net_of_idle"), a["steady_wall_ms"], a["end_to_end_wall_ms"],
+                         None, None])
             if "steady_cpu_ms_ray" in a:
                 rows.append([s["concurrency"], "  of which Redis+normalize+Kafka / Ray",
                              f"{a['steady_cpu_ms_pipeline']} / {a['steady_cpu_ms_ray']}", None, None, None,
-                             None, None])
+                             None, None, None])
     return bl.markdown_table(
         ["K", "variant", "CPU ms/backup (steady)", "CPU ms/backup (end to end)",
-         "wall ms/backup (steady)", "wall ms/backup (end to end)", "Kafka broker CPU ms", "Redis CPU ms"],
+         "CPU ms/backup (end to end, net of Ray idle)", "wall ms/backup (steady)",
+         "wall ms/backup (end to end)", "Kafka broker CPU ms/backup", "Redis CPU ms/backup"],
         rows)
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -69,7 +69,7 @@ def measure(n: int, per_actor: int, nodes: int, timeout: float) -> dict:
     from ray_backup import job
     from ray_backup.settings import Settings
 
-    workdir = tempfile.mkdtemp(prefix="rb-bench-placement-")
+    workdir = bl.scratch("rb-bench-placement-")
     inventory = Path(workdir) / "devices.yaml"
     bl.write_inventory(inventory, n)
     os.environ.update(bl.QUIET_JOB_ENV)
@@ -101,8 +101,10 @@ def measure(n: int, per_actor: int, nodes: int, timeout: float) -> dict:
         by_status = Counter(row.get("node_id") for row in rows)
         job.stop_all(grace_s=5)
     finally:
+        session = cluster.head_node.get_session_dir_path()
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(session, ignore_errors=True)
     name = {node: f"node{i}" for i, node in enumerate(node_ids)}
     devices = {name[k]: by_actor.get(k, 0) for k in node_ids}
     return {
