@@ -30,16 +30,21 @@ def backup_fleet(
         return []
     job.connect()
     temporary = None
-    semaphore_name = C.SEMAPHORE_NAME
+    semaphore_name: str | None = C.SEMAPHORE_NAME
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
     try:
         ray.get_actor(C.SEMAPHORE_NAME, namespace=C.NAMESPACE)
     except ValueError:
-        semaphore_name = f"{C.SEMAPHORE_NAME}-oneshot-{uuid.uuid4().hex[:8]}"
-        temporary = options.temporary_semaphore(
-            semaphore_name, settings.max_concurrent, settings.logins_per_second
-        )
-        ray.get(temporary.ping.remote())
-    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+        if len(nodes) == 1 and not settings.logins_per_second:
+            # No job, one node, one worker: its own asyncio semaphore holds the limit,
+            # without two actor calls per backup.
+            semaphore_name = None
+        else:
+            semaphore_name = f"{C.SEMAPHORE_NAME}-oneshot-{uuid.uuid4().hex[:8]}"
+            temporary = options.temporary_semaphore(
+                semaphore_name, settings.max_concurrent, settings.logins_per_second
+            )
+            ray.get(temporary.ping.remote())
     workers = [options.fleet_worker(node, semaphore_name, env) for node in nodes]
     pending = {workers[i % len(workers)].backup.remote(d): d for i, d in enumerate(devices)}
     results: list[dict] = []

@@ -58,7 +58,7 @@ def _runtime_env(env_vars: dict[str, str] | None) -> dict | None:
     return {"env_vars": dict(env_vars)} if env_vars else None
 
 
-def fleet_worker(node_id: str, semaphore_name: str, env_vars: dict[str, str] | None = None):
+def fleet_worker(node_id: str, semaphore_name: str | None, env_vars: dict[str, str] | None = None):
     from ray_backup.actors.worker import FleetWorker
 
     return (

@@ -207,11 +207,12 @@ class BackupSupervisor:
         changed = [d for d in devices if d.id in hosted and self.devices.get(d.id) != d]
         self.devices = wanted
         self._warn_if_not_fitting(len(wanted))
-        for device in changed:
-            host = self._host_of(device.id)
-            if host is not None:
-                await host.handle.update.remote(device)
-                summary["updated"] += 1
+        # One index instead of a scan of every host per changed device, and the
+        # updates sent together: a fleet-wide credential rotation is one round trip.
+        host_of = {i: h for h in self.hosts.values() for i in h.device_ids}
+        updates = [host_of[d.id].handle.update.remote(d) for d in changed if d.id in host_of]
+        await asyncio.gather(*updates)
+        summary["updated"] += len(updates)
         await self._add_devices(new)
         summary["added"] += len(new)
         for device in devices:

@@ -17,8 +17,22 @@ from ray_backup.runtime import Runtime
 from ray_backup.settings import Settings
 
 
+class LocalPermits:
+    """An in-process SSH limit, for a one-shot backup with one worker and no job."""
+
+    def __init__(self, limit: int) -> None:
+        self._semaphore = asyncio.Semaphore(limit)
+
+    async def acquire(self, holder: str, lease_s: float) -> int:
+        await self._semaphore.acquire()
+        return 0
+
+    async def release(self, lease: int) -> None:
+        self._semaphore.release()
+
+
 class FleetWorker:
-    def __init__(self, semaphore_name: str = C.SEMAPHORE_NAME) -> None:
+    def __init__(self, semaphore_name: str | None = C.SEMAPHORE_NAME) -> None:
         self._semaphore_name = semaphore_name
         self._deps: LoopDeps | None = None
         self._runtime: Runtime | None = None
@@ -36,7 +50,8 @@ class FleetWorker:
                 self._deps = LoopDeps(
                     collector=self._runtime.collector,
                     coordinator=self._runtime.coordinator,
-                    permits=SemaphorePermits(self._semaphore_name),
+                    permits=(SemaphorePermits(self._semaphore_name) if self._semaphore_name
+                             else LocalPermits(settings.max_concurrent)),
                     schedule=self._runtime.schedule(),
                 )
         return self._deps

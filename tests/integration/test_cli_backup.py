@@ -34,7 +34,8 @@ def test_mixed_fleet_is_backed_up_and_each_fault_classified(sim_fleet, tmp_path)
     rows.append({"id": "not-a-uuid", "host": "127.0.0.1", "port": 22, "username": "a", "password": "b"})
     inventory.write_text(yaml.safe_dump({"devices": rows}))
     env = {**os.environ, "CONFIG_BACKUP_COMMAND_TIMEOUT": "4", "CONFIG_BACKUP_CONNECT_TIMEOUT": "3",
-           "CONFIG_BACKUP_MAX_OUTPUT_BYTES": str(4 * 1024 * 1024), "RAY_ADDRESS": ""}
+           "CONFIG_BACKUP_MAX_OUTPUT_BYTES": str(4 * 1024 * 1024), "RAY_ADDRESS": "",
+           "CONFIG_BACKUP_MAX_CONCURRENT": "3"}
     env.pop("REDIS_URL", None)
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     out = tmp_path / "backups"
@@ -59,3 +60,5 @@ def test_mixed_fleet_is_backed_up_and_each_fault_classified(sim_fleet, tmp_path)
     healthy = [d for d in devices if d.fault is None]
     assert sorted(p.stem for p in out.glob("*.rsc")) == sorted(d.id for d in healthy)
     assert sim.device(healthy[0].id).password not in done.stdout + done.stderr
+    # No job, one node: the worker's own semaphore holds the SSH limit.
+    assert 1 <= sim.stats.peak_active_commands <= 3
