@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
+from ray_backup import logs
 from ray_backup.backup import Collector
 from ray_backup.coordination.base import open_coordinator
 from ray_backup.credentials.resolver import CredentialResolver
 from ray_backup.inventory.base import open_inventory
-from ray_backup.loop import Schedule
+from ray_backup.loop import LoopDeps, Permits, Schedule, in_thread
 from ray_backup.settings import Settings
 from ray_backup.sinks.base import open_sink
 from ray_backup.transport.ssh import SSHOptions
@@ -46,6 +48,24 @@ class Runtime:
 
     def schedule(self) -> Schedule:
         return schedule(self.settings)
+
+    def loop_deps(self, permits: Permits, report: Callable[[dict], object] | None = None) -> LoopDeps:
+        """What a device loop (or a one-shot backup) needs, from this process's parts."""
+        deps = LoopDeps(
+            collector=self.collector, coordinator=self.coordinator,
+            permits=permits, schedule=self.schedule(),
+        )
+        if report is not None:
+            deps.report = report
+        return deps
+
+    @classmethod
+    async def start(cls) -> Runtime:
+        """Settings from this process's environment, logging, then the parts (off the loop:
+        opening them does network I/O)."""
+        settings = Settings.load()
+        logs.setup(settings.log_level)
+        return await in_thread(cls, settings)
 
     def close(self) -> None:
         for part in (self.sink, self.coordinator, self._inventory):

@@ -14,12 +14,10 @@ import uuid
 import ray
 
 from ray_backup import constants as C
-from ray_backup import logs
 from ray_backup.actors.selfstart import call_self_soon
 from ray_backup.loop import DeviceLoop, LoopDeps, in_thread
 from ray_backup.models import Device
 from ray_backup.runtime import Runtime
-from ray_backup.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +95,9 @@ class DeviceBackupActor:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
             if self._deps is None:
-                settings = Settings.load()
-                logs.setup(settings.log_level)
-                self._runtime = await asyncio.to_thread(Runtime, settings)
-                self._deps = LoopDeps(
-                    collector=self._runtime.collector,
-                    coordinator=self._runtime.coordinator,
-                    permits=SemaphorePermits(),
-                    schedule=self._runtime.schedule(),
-                    report=SupervisorReporter(self._name),
+                self._runtime = await Runtime.start()
+                self._deps = self._runtime.loop_deps(
+                    SemaphorePermits(), report=SupervisorReporter(self._name)
                 )
             if self._pending:
                 self._pending = await _current_rows(self._pending)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 
 from ray_backup import constants as C
-from ray_backup import logs
 from ray_backup.actors.device import SemaphorePermits
 from ray_backup.loop import LoopDeps, guarded_backup, in_thread
 from ray_backup.models import Device
 from ray_backup.runtime import Runtime
-from ray_backup.settings import Settings
 
 
 class LocalPermits:
@@ -44,15 +42,11 @@ class FleetWorker:
     async def _ensure(self) -> LoopDeps:
         async with self._lock:
             if self._deps is None:
-                settings = Settings.load()
-                logs.setup(settings.log_level)
-                self._runtime = await asyncio.to_thread(Runtime, settings)
-                self._deps = LoopDeps(
-                    collector=self._runtime.collector,
-                    coordinator=self._runtime.coordinator,
-                    permits=(SemaphorePermits(self._semaphore_name) if self._semaphore_name
-                             else LocalPermits(settings.max_concurrent)),
-                    schedule=self._runtime.schedule(),
+                self._runtime = await Runtime.start()
+                limit = self._runtime.settings.max_concurrent
+                self._deps = self._runtime.loop_deps(
+                    SemaphorePermits(self._semaphore_name) if self._semaphore_name
+                    else LocalPermits(limit)
                 )
         return self._deps
 
