@@ -155,7 +155,7 @@ def run(
     last_summary = time.monotonic()
     while not stop.wait(HEARTBEAT_S):
         try:
-            supervisor.heartbeat.remote()
+            supervisor.heartbeat.remote(None if service else DRIVER_LEASE_S)
             if time.monotonic() - last_summary >= status_every:
                 last_summary = time.monotonic()
                 _log_summary(ray.get(supervisor.status.remote(), timeout=30))

@@ -76,9 +76,7 @@ class BackupSupervisor:
         at least this often; when it stops (killed, or `ray job stop` gave up
         waiting), the supervisor stops the fleet by itself.
         """
-        if driver_lease_s is not None:
-            self._driver_lease_s = driver_lease_s
-            self.heartbeat()
+        self.heartbeat(driver_lease_s)
         if self._starting is None or (self._starting.done() and self._starting.exception()):
             self._starting = asyncio.get_running_loop().create_task(self._start())
         await asyncio.shield(self._starting)
@@ -111,8 +109,11 @@ class BackupSupervisor:
             except Exception:
                 log.exception("reconcile failed")
 
-    def heartbeat(self) -> None:
-        """The driver is alive (see ``start``)."""
+    def heartbeat(self, driver_lease_s: float | None = None) -> None:
+        """The driver is alive (see ``start``). It repeats its lease each time, so that a
+        supervisor restarted by Ray keeps watching for an orphaned fleet."""
+        if driver_lease_s is not None:
+            self._driver_lease_s = driver_lease_s
         self._last_heartbeat = time.monotonic()
 
     def _driver_gone(self) -> bool:

@@ -222,6 +222,11 @@ def test_fleet_stops_itself_when_its_driver_dies_without_stopping_it(running_job
     s = running_job(2)
     assert _named("device:")
     ray.get(s["supervisor"].start.remote(job.DRIVER_LEASE_S))  # as `run` does outside service mode
+    # Ray restarts the supervisor; the driver's next heartbeat carries the lease again.
+    ray.kill(s["supervisor"], no_restart=False)
+    sup = ray.get_actor(C.SUPERVISOR_NAME, namespace=C.NAMESPACE)
+    wait_for(lambda: _try(lambda: ray.get(sup.heartbeat.remote(job.DRIVER_LEASE_S), timeout=30)
+                          is None), 60, message="restarted supervisor answers")
     wait_for(lambda: not _named("device:") and not _named(C.SUPERVISOR_NAME), 60, interval=1,
              message="fleet stopped after the driver's lease ran out")
     assert not _named(C.SEMAPHORE_NAME)
