@@ -150,18 +150,28 @@ class KafkaSink:
             logger.warning("Kafka sink closed with %d event(s) unconfirmed; they stay spooled "
                            "or will be re-published", left)
 
-    def drain(self) -> bool:
-        """Deliver every device's spooled snapshots now; False if some are still waiting."""
+    def drain(self, wait_s: float = 10.0) -> bool:
+        """Deliver every device's spooled snapshots now; False if some are still waiting.
+
+        A device whose backlog another deliverer (this sink's drainer, another process) is
+        delivering at that moment is waited for up to ``wait_s``."""
+        failed, skipped = self._drain(wait_s)
+        return not failed and not skipped
+
+    def _drain(self, wait_s: float) -> tuple[bool, bool]:
+        """(a delivery failed, a device was left to another deliverer)."""
+        skipped = False
         for device in self.spool.backlog():
-            with self.spool.device_lock(device, timeout=0) as held:
+            with self.spool.device_lock(device, timeout=wait_s) as held:
                 if not held:  # someone else is delivering this device right now
+                    skipped = True
                     continue
                 try:
                     self._drain_device(device)
                 except PublishFailed as exc:
                     logger.warning("spool drain stopped: %s", exc)
-                    return False
-        return True
+                    return True, skipped
+        return False, skipped
 
     # -- delivery ------------------------------------------------------------
 
@@ -332,7 +342,8 @@ class KafkaSink:
             if self._closed.is_set():
                 return
             try:
-                drained = self.drain()
+                # Never waits: a device someone else is delivering is not a failure.
+                drained = not self._drain(0)[0]
             except Exception:
                 logger.exception("spool drain failed")
                 drained = False

@@ -196,3 +196,13 @@ def test_corrupt_spool_entry_is_set_aside_not_blocking(kafka_bootstrap, kafka_to
     assert (sink.spool.directory / ".rejected" / broken.name).exists()
     got = by_device(events(consume_all(kafka_bootstrap, kafka_topic, expected=1)))
     assert got == {"dev-1": [f"{1:064x}"]}
+
+
+def test_drain_reports_a_backlog_another_deliverer_still_holds(kafka_bootstrap, kafka_topic,
+                                                                make_sink):
+    sink = make_sink(kafka_bootstrap, kafka_topic)
+    sink.spool.append(snap("dev-held", 1))
+    with sink.spool.device_lock("dev-held", timeout=0) as held:  # as the drainer holds it
+        assert held
+        assert sink.drain(wait_s=0.2) is False  # still waiting: not "everything delivered"
+    assert sink.drain() is True and sink.pending() == 0
