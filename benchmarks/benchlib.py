@@ -670,3 +670,19 @@ def hosted_loops(timeout: float = 30.0) -> dict[str, dict]:
         except Exception:
             continue
     return found
+
+
+def quiet_job_settings(prefix: str, n: int, per_actor: int):
+    """A YAML inventory of ``n`` devices in a scratch dir, and this process's environment set
+    for a job that backs nothing up while measured: (settings, env for the actors)."""
+    from ray_backup import job
+    from ray_backup.settings import Settings
+
+    workdir = Path(scratch(prefix))
+    inventory = workdir / "devices.yaml"
+    write_inventory(inventory, n)
+    os.environ.update(QUIET_JOB_ENV)
+    os.environ.update({"RAY_BACKUP_INVENTORY": str(inventory),
+                       "RAY_BACKUP_OUTPUT_DIR": str(workdir / "out"),
+                       "RAY_BACKUP_DEVICES_PER_ACTOR": str(per_actor)})
+    return Settings.load(), job.actor_env()

@@ -67,17 +67,8 @@ def measure(n: int, per_actor: int, ray_cpus: int, settle: float, timeout: float
     import ray  # noqa: F401
 
     from ray_backup import job
-    from ray_backup.settings import Settings
 
-    workdir = bl.scratch("rb-bench-mem-")
-    inventory = Path(workdir) / "devices.yaml"
-    bl.write_inventory(inventory, n)
-    os.environ.update(bl.QUIET_JOB_ENV)
-    os.environ.update({"RAY_BACKUP_INVENTORY": str(inventory),
-                       "RAY_BACKUP_OUTPUT_DIR": str(Path(workdir) / "out"),
-                       "RAY_BACKUP_DEVICES_PER_ACTOR": str(per_actor)})
-    settings = Settings.load()
-    env = job.actor_env()
+    settings, env = bl.quiet_job_settings("rb-bench-mem-", n, per_actor)
     with bl.local_ray(num_cpus=ray_cpus):
         bl.wait_quiet()
         idle = {label: bl.memory_of(procs) for label, procs in bl.ray_processes().items()}

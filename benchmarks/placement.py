@@ -14,7 +14,6 @@ for one actor per device, <= one actor's worth of devices when packed.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -67,17 +66,8 @@ def measure(n: int, per_actor: int, nodes: int, timeout: float) -> dict:
 
     from ray_backup import constants as C
     from ray_backup import job
-    from ray_backup.settings import Settings
 
-    workdir = bl.scratch("rb-bench-placement-")
-    inventory = Path(workdir) / "devices.yaml"
-    bl.write_inventory(inventory, n)
-    os.environ.update(bl.QUIET_JOB_ENV)
-    os.environ.update({"RAY_BACKUP_INVENTORY": str(inventory),
-                       "RAY_BACKUP_OUTPUT_DIR": str(Path(workdir) / "out"),
-                       "RAY_BACKUP_DEVICES_PER_ACTOR": str(per_actor)})
-    settings = Settings.load()
-    env = job.actor_env()
+    settings, env = bl.quiet_job_settings("rb-bench-placement-", n, per_actor)
     cluster = private_cluster(nodes)
     try:
         ray.init(address=cluster.address, namespace=C.NAMESPACE, log_to_driver=False)

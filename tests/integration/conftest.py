@@ -30,7 +30,7 @@ def sim_fleet(tmp_path):
         sim.stop()
 
 
-def wait_for(predicate, timeout=60.0, interval=0.5, message="condition"):
+def wait_for(predicate, timeout=60.0, message="condition", *, interval=0.5):
     """Poll ``predicate`` until it returns a truthy value; fail with ``message`` on timeout."""
     deadline = time.monotonic() + timeout
     last = None

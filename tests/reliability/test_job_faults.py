@@ -30,6 +30,7 @@ from ray_backup.inventory.postgres import PostgresInventory
 from ray_backup.inventory.schema import NewDevice, add_devices, init_db
 from ray_backup.settings import Settings
 from ray_backup.simulator import Simulator, make_fleet, write_inventory_yaml
+from tests.integration.conftest import wait_for
 from tests.reliability import harness
 from tests.reliability.harness import KEY
 from tests.support.services import consume_all, free_port
@@ -107,17 +108,6 @@ def device_actors() -> dict[str, str]:
 
 def status(supervisor) -> dict[str, dict]:
     return {row["device_id"]: row for row in ray.get(supervisor.status.remote(), timeout=30)}
-
-
-def wait_for(predicate, timeout=60.0, message="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {message} (last: {last!r})")
 
 
 def metric(text: str, name: str) -> float:
