@@ -87,6 +87,15 @@ def _export_mode(value: str) -> str:
     return value
 
 
+def _flag(value: str) -> bool:
+    text = value.lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be 1 or 0 (true/false, yes/no, on/off)")
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     """Case-insensitive choice among ``allowed``, returned as spelled there."""
 
@@ -200,6 +209,7 @@ class Settings:
     logins_per_second: float = _setting("CONFIG_BACKUP_LOGINS_PER_SECOND", 0.0, _non_negative_float)
     max_output_bytes: int = _setting("CONFIG_BACKUP_MAX_OUTPUT_BYTES", 16 * 1024 * 1024, _positive_int)
     export_mode: str = _setting("CONFIG_BACKUP_EXPORT_MODE", "show-sensitive", _export_mode)
+    ssh_legacy_algorithms: bool = _setting("RAY_BACKUP_SSH_LEGACY_ALGORITHMS", False, _flag)
     device_refresh: float = _setting("DEVICE_REFRESH_SECONDS", 60.0, _positive_float)
     credential_cache_ttl: float = _setting("CREDENTIAL_CACHE_TTL", 300.0, _non_negative_float)
     log_level: str = _setting("RAY_BACKUP_LOG_LEVEL", "INFO", _log_level)
