@@ -31,7 +31,7 @@ _KNOWN = {
     "kex": "_kex_info", "keys": "_key_info", "pubkeys": "_key_info",
     "macs": "_mac_info", "ciphers": "_cipher_info",
 }
-HOW_TO_ALLOW = "RAY_BACKUP_SSH_LEGACY_ALGORITHMS=1, or ssh_legacy_algorithms: true on the device"
+HOW_TO_ALLOW = "RAY_BACKUP_SSH_LEGACY_ALGORITHMS=1 or the device's ssh_legacy_algorithms: true"
 
 _CERT_SUFFIX = "-cert-v01@openssh.com"
 # The RSA signature algorithms all sign with the same RSA host key.
@@ -81,6 +81,7 @@ class OfferRecordingTransport(paramiko.Transport):
     """
 
     offered: dict[str, list[str]] | None = None
+    agreed_kex = ""
 
     def _parse_kex_init(self, m: Message) -> None:
         # A copy is parsed (the message holds the payload after its type byte): m stays unread.
@@ -93,19 +94,20 @@ class OfferRecordingTransport(paramiko.Transport):
             "macs": _union(parsed["client_mac_algo_list"], parsed["server_mac_algo_list"]),
         }
         super()._parse_kex_init(m)
+        # paramiko drops its kex engine once the exchange is done; keep the name it chose.
+        engine = type(self.kex_engine)
+        self.agreed_kex = next((name for name, cls in self._kex_info.items()
+                                if cls is engine and name in self.offered["kex"]), "")
 
 
 def _union(first: list[str], second: list[str]) -> list[str]:
     return first + [n for n in second if n not in first]
 
 
-def negotiated(transport: paramiko.Transport) -> dict[str, str]:
+def negotiated(transport: OfferRecordingTransport) -> dict[str, str]:
     """The algorithms the finished handshake agreed on, by category."""
-    engine = type(transport.kex_engine)
-    kex = next((name for name, cls in transport._kex_info.items()
-                if cls is engine and name in transport.preferred_kex), "")
     return {
-        "kex": kex,
+        "kex": transport.agreed_kex,
         "keys": transport.host_key_type or "",
         "ciphers": f"{transport.local_cipher},{transport.remote_cipher}",
         "macs": f"{transport.local_mac},{transport.remote_mac}",
@@ -125,5 +127,5 @@ def incompatibility(offered: dict[str, list[str]], allow_legacy: bool) -> str:
     shown = "; ".join(f"{_LABELS[c]} {', '.join(offered.get(c, [])[:4]) or 'none'}" for c in lacking)
     text = f"no SSH algorithm in common: the device offers {shown}"
     if not allow_legacy and all(set(offered.get(c, ())) & set(usable[c]) for c in lacking):
-        return f"{text} (legacy, not allowed; allow with {HOW_TO_ALLOW})"
+        return f"{text} (legacy, not allowed: set {HOW_TO_ALLOW})"
     return f"{text} (not supported by this client)"
