@@ -64,11 +64,12 @@ def algorithms_for(key: str, preferred: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def key_types_offered(offered: list[str], allowed: tuple[str, ...], but: str) -> list[str]:
-    """Host key types the server offered and we allow, in the server's order, except ``but``."""
+    """Host key types the server offered with an algorithm we allow, in the server's order,
+    except ``but``."""
     found: list[str] = []
     for algorithm in offered:
         key = key_type(algorithm)
-        if key != but and key not in found and algorithms_for(key, allowed):
+        if key != but and key not in found and algorithm in allowed:
             found.append(key)
     return found
 
