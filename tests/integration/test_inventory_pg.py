@@ -226,7 +226,9 @@ def test_missing_table_raises(pg_url):
     inv.close()
 
 
-def test_ten_thousand_rows_load_in_well_under_a_second(db, inventory):
+def test_ten_thousand_rows_load_in_one_query(db, inventory):
+    # Speed is measured by benchmarks/reconcile.py, never asserted here: a loaded CI machine
+    # must not fail a correct load.
     blob = encrypt_credentials(KEY, "admin", "pw")
     new = [NewDevice(host=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", hostname=f"r{i}",
                      tenant_id=TENANT, port=None if i % 2 else 22, routeros_version="7.16")
@@ -242,7 +244,6 @@ def test_ten_thousand_rows_load_in_well_under_a_second(db, inventory):
     assert len(loaded.devices) == 10_000 and not loaded.errors
     print(f"\n10,000-row inventory load: best {min(timings) * 1000:.0f} ms, "
           f"worst {max(timings) * 1000:.0f} ms")
-    assert min(timings) < 0.5
 
 
 def test_the_optional_legacy_ssh_column_is_read_only_when_present(db):
