@@ -72,7 +72,7 @@ def test_a_worker_killed_mid_sweep_loses_no_device(local_ray, sim_fleet, tmp_pat
 
     by_id = {r["device_id"]: r for r in results}
     assert sorted(by_id) == sorted(d.id for d in devices) and len(results) == len(devices)
-    for device_id, result in by_id.items():
+    for result in by_id.values():
         assert result["status"] == "success", result
         assert len(result["sha256_hash"]) == 64
     # The slow devices were asked twice: by the killed worker, then by its successor.
