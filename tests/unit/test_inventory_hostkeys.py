@@ -117,3 +117,35 @@ def test_concurrent_writers_in_several_processes_lose_nothing(tmp_path):
         p.join(60)
     assert all(p.exitcode == 0 for p in procs)
     assert len(HostKeyFile(path).fingerprints()) == 100
+
+
+ID3 = "3c2b1a00-9999-4aaa-8bbb-cccccccccccc"
+
+
+def test_accept_replaces_the_stored_key_and_waits_for_a_backup_to_verify_it(inventory):
+    inventory.record_host_key(ID1, FP_A)
+    inventory.accept_host_key(ID1, FP_B + "=")  # as ssh-keygen may print it
+    assert fingerprints(inventory)[ID1] == FP_B
+    entry = json.loads(hostkeys_path(inventory.path).read_text())[ID1]
+    assert entry["fingerprint"] == FP_B and entry["first_seen"] and "last_verified" not in entry
+    assert inventory.record_host_key(ID1, FP_A) is False  # the accepted key is now the pinned one
+
+
+def test_accept_and_reset_name_unknown_and_pinned_devices(inventory):
+    from ray_backup.errors import UnknownDevice
+
+    with pytest.raises(UnknownDevice, match=ID3):
+        inventory.accept_host_key(ID3, FP_A)
+    with pytest.raises(UnknownDevice, match=ID3):
+        inventory.reset_host_key(ID3)
+    with pytest.raises(ConfigError, match="pinned in .*inv.yaml"):
+        inventory.accept_host_key(ID2, FP_A)
+    with pytest.raises(ConfigError, match="pinned"):
+        inventory.reset_host_key(ID2)
+    with pytest.raises(ValueError, match="SHA256"):
+        inventory.accept_host_key(ID1, "MD5:aa:bb")
+    assert not hostkeys_path(inventory.path).exists()
+
+
+def test_reset_of_a_device_with_no_key_is_not_an_error(inventory):
+    assert inventory.reset_host_key(ID1) is False
