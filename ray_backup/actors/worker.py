@@ -42,7 +42,7 @@ class FleetWorker:
     async def _ensure(self) -> LoopDeps:
         async with self._lock:
             if self._deps is None:
-                self._runtime = await Runtime.start()
+                self._runtime = await Runtime.start(job_member=False)
                 limit = self._runtime.settings.max_concurrent
                 self._deps = self._runtime.loop_deps(
                     SemaphorePermits(self._semaphore_name) if self._semaphore_name
