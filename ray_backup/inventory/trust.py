@@ -79,7 +79,9 @@ class SupervisorHostKeys:
 
         supervisor = ray.get_actor(C.SUPERVISOR_NAME, namespace=C.NAMESPACE)
         call = supervisor.record_host_key.remote(device_id, fingerprint)
-        return bool(ray.get(call, timeout=self._timeout_s))
+        # Called from a backup's thread: a future, not ray.get, which in an async actor
+        # warns about blocking the event loop whatever thread it runs in.
+        return bool(call.future().result(timeout=self._timeout_s))
 
     def verified(self, device_id: str, fingerprint: str) -> None:
         # Storing the key that is already stored moves only last_verified.
