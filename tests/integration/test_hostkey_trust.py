@@ -146,3 +146,36 @@ def test_a_verified_key_moves_last_verified_in_the_yaml_sidecar(sim_fleet, tmp_p
     assert result.ok and collector(tmp_path, keys.record, notes).backup(known)[0].ok
     notes.close()
     assert json.loads(hostkeys_path(inventory).read_text())[known.id]["last_verified"] > first
+
+
+def ray_backup_cli(*argv, env=None):
+    environ = {**os.environ, "RAY_ADDRESS": "local", "REDIS_URL": "", "DATABASE_URL": "",
+               "RAY_BACKUP_INVENTORY": "", "RAY_BACKUP_CONFIG": "", **(env or {})}
+    return subprocess.run([str(Path(sys.executable).parent / "ray-backup"), *argv],
+                          env=environ, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_accept_and_reset_on_postgres_without_a_job(pg_sim, pg_url):
+    sim, device_id, inventory, settings = pg_sim
+    inventory.record_host_key(device_id, OTHER)
+    real = sim.device(device_id).host_key_fingerprint
+    env = {"DATABASE_URL": pg_url}
+    done = ray_backup_cli("hostkey", "accept", device_id, "--fingerprint", real, env=env)
+    assert done.returncode == 0, done.stderr
+    fp, first_seen, verified = host_key_columns(pg_url, device_id)
+    assert (fp, verified) == (real, None) and first_seen is not None
+    done = ray_backup_cli("hostkey", "reset", device_id, env=env)
+    assert done.returncode == 0 and "next backup trusts" in done.stdout, done.stderr
+    assert host_key_columns(pg_url, device_id) == (None, None, None)
+    unknown = "3c2b1a00-9999-4aaa-8bbb-cccccccccccc"
+    done = ray_backup_cli("hostkey", "reset", unknown, env=env)
+    assert done.returncode == 2 and f"device {unknown} is not in the devices table" in done.stderr
+    done = ray_backup_cli("hostkey", "accept", device_id, "--fingerprint", "SHA256:x", env=env)
+    assert done.returncode == 2 and "--fingerprint must look like" in done.stderr
+
+
+def test_cli_reports_an_unreachable_database_as_failed(pg_sim):
+    _, device_id, _, _ = pg_sim
+    env = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
+    done = ray_backup_cli("hostkey", "reset", device_id, env=env)
+    assert done.returncode == 1 and "inventory not written" in done.stderr, done.stderr

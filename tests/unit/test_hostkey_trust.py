@@ -95,3 +95,43 @@ def test_job_members_with_a_yaml_inventory_write_through_the_supervisor(
     finally:
         member.close()
         worker.close()
+
+
+def run_cli(*argv):
+    return cli.main(["hostkey", *argv])
+
+
+def test_hostkey_accept_and_reset_on_a_yaml_inventory_without_a_job(inventory_file, no_servers,
+                                                                    capsys):
+    inv = str(inventory_file)
+    YamlInventory(inv).record_host_key(ID1, FP_A)
+    assert run_cli("accept", ID1, "--fingerprint", FP_B, "--inventory", inv) == cli.EXIT_OK
+    assert json.loads(hostkeys_path(inv).read_text())[ID1]["fingerprint"] == FP_B
+    assert "no running job" in capsys.readouterr().out
+    assert run_cli("reset", ID1, "--inventory", inv) == cli.EXIT_OK
+    assert ID1 not in json.loads(hostkeys_path(inv).read_text())
+    assert "next backup trusts and stores" in capsys.readouterr().out
+    assert run_cli("reset", ID1, "--inventory", inv) == cli.EXIT_OK  # nothing stored: fine
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("accept", ID3, "--fingerprint", FP_A), f"device {ID3} is not in"),
+    (("reset", ID3), f"device {ID3} is not in"),
+    (("accept", ID1, "--fingerprint", "SHA256:short"), "--fingerprint must look like"),
+    (("accept", "not-a-uuid", "--fingerprint", FP_A), "DEVICE_ID"),
+    (("accept", ID2, "--fingerprint", FP_A), "pinned in"),
+    (("accept", ID1), "no host key mismatch on record; pass --fingerprint"),
+])
+def test_hostkey_bad_input_is_one_line_and_exit_2(inventory_file, no_servers, capsys, argv,
+                                                  message):
+    assert run_cli(*argv, "--inventory", str(inventory_file)) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not hostkeys_path(inventory_file).exists()
+
+
+def test_hostkey_help_names_the_default_and_the_effect(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["hostkey", "accept", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "presented at its last mismatch" in text and "needs no running job" in text
