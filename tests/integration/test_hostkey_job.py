@@ -9,10 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from ray_backup import job
 from ray_backup.coordination.redis import RedisCoordinator
 from ray_backup.inventory.schema import add_device, init_db
 from ray_backup.inventory.yamlfile import hostkeys_path
-from tests.integration.conftest import job_env, settings_from, wait_for
+from tests.integration.conftest import job_env, own_local_ray, settings_from, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -35,14 +33,8 @@ REFRESH_S = "600"
 
 @pytest.fixture(scope="module")
 def ray_address():
-    assert not ray.is_initialized()
-    ray_tmp = tempfile.mkdtemp(prefix="rbh")  # short: unix socket paths live under it
-    # A Ray of its own (address="local"), even where another one runs on this machine.
-    ray.init(address="local", namespace=C.NAMESPACE, num_cpus=2, include_dashboard=False,
-             object_store_memory=80 * 1024**2, _temp_dir=ray_tmp)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    with own_local_ray("rbh") as address:
+        yield address
 
 
 @pytest.fixture

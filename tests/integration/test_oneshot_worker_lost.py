@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import threading
 
 import psutil
 import pytest
-import ray
 
-from ray_backup import constants as C
 from ray_backup import oneshot
 from ray_backup.inventory.yamlfile import YamlInventory
-from tests.integration.conftest import settings_from, wait_for
+from tests.integration.conftest import own_local_ray, settings_from, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,14 +20,8 @@ SLOW_S = 8.0  # long enough to kill the worker while it waits on these devices
 
 @pytest.fixture(scope="module")
 def local_ray():
-    assert not ray.is_initialized()
-    ray_tmp = tempfile.mkdtemp(prefix="rbo")  # short: unix socket paths live under it
-    # A Ray of its own (address="local"), even where another one runs on this machine.
-    ray.init(address="local", namespace=C.NAMESPACE, num_cpus=2, include_dashboard=False,
-             object_store_memory=80 * 1024**2, _temp_dir=ray_tmp)
-    yield
-    ray.shutdown()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    with own_local_ray("rbo") as address:
+        yield address
 
 
 def _fleet_worker_pids() -> list[int]:

@@ -12,13 +12,7 @@ from ray_backup import cli
 from ray_backup.inventory.trust import InventoryHostKeys, SupervisorHostKeys, VerifyNotes
 from ray_backup.inventory.yamlfile import YamlInventory, hostkeys_path
 from ray_backup.runtime import Runtime
-
-ID1 = "7d0c6a1e-3f57-4c7e-9a8e-2b1f0c9d4e51"
-ID2 = "0b8f3c4d-1111-4222-8333-944455556666"
-ID3 = "3c2b1a00-9999-4aaa-8bbb-cccccccccccc"
-FP_A = "SHA256:" + "A" * 43
-FP_B = "SHA256:" + "B" * 43
-FP_PIN = "SHA256:" + "P" * 43
+from tests.unit.test_inventory_hostkeys import FP_A, FP_B, ID1, ID2, ID3, write_inventory
 
 
 class Notes:
@@ -64,14 +58,7 @@ def test_a_failed_verification_note_never_reaches_the_backup(caplog):
 
 @pytest.fixture
 def inventory_file(tmp_path):
-    path = tmp_path / "inv.yaml"
-    path.write_text(
-        "devices:\n"
-        f"  - {{id: {ID1}, host: 10.0.0.1, username: a, password: b}}\n"
-        f"  - {{id: {ID2}, host: 10.0.0.2, username: a, password: b,"
-        f" ssh_host_key_fingerprint: '{FP_PIN}'}}\n"
-    )
-    return path
+    return write_inventory(tmp_path)
 
 
 @pytest.fixture

@@ -14,13 +14,14 @@ from ray_backup.inventory.yamlfile import YamlInventory, hostkeys_path
 
 ID1 = "7d0c6a1e-3f57-4c7e-9a8e-2b1f0c9d4e51"
 ID2 = "0b8f3c4d-1111-4222-8333-944455556666"
+ID3 = "3c2b1a00-9999-4aaa-8bbb-cccccccccccc"  # in no inventory
 FP_A = "SHA256:" + "A" * 43
 FP_B = "SHA256:" + "B" * 43
 FP_PIN = "SHA256:" + "P" * 43
 
 
-@pytest.fixture
-def inventory(tmp_path):
+def write_inventory(tmp_path):
+    """ID1 trusted on first use, ID2 pinned in the file."""
     path = tmp_path / "inv.yaml"
     path.write_text(
         "devices:\n"
@@ -28,7 +29,12 @@ def inventory(tmp_path):
         f"  - {{id: {ID2}, host: 10.0.0.2, username: a, password: b,"
         f" ssh_host_key_fingerprint: '{FP_PIN}'}}\n"
     )
-    return YamlInventory(path)
+    return path
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    return YamlInventory(write_inventory(tmp_path))
 
 
 def fingerprints(inv: YamlInventory) -> dict[str, str | None]:
@@ -118,8 +124,6 @@ def test_concurrent_writers_in_several_processes_lose_nothing(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     assert len(HostKeyFile(path).fingerprints()) == 100
 
-
-ID3 = "3c2b1a00-9999-4aaa-8bbb-cccccccccccc"
 
 
 def test_accept_replaces_the_stored_key_and_waits_for_a_backup_to_verify_it(inventory):
