@@ -17,12 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ray_backup import constants as C
 from ray_backup.inventory.base import InventorySource
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How long a device actor waits for the supervisor to store a first-seen key.
 SUPERVISOR_TIMEOUT_S = 30.0
@@ -42,30 +44,28 @@ class HostKeys(Protocol):
 
 
 class InventoryHostKeys:
-    """Writes through the inventory, opened on first use (most backups write nothing)."""
+    """Writes through the inventory, opened for each write and closed again: with one
+    device actor per device, a connection kept per process would be one idle PostgreSQL
+    connection per device, for a write every few hours."""
 
     def __init__(self, opener: Callable[[], InventorySource]) -> None:
         self._opener = opener
-        self._inventory: InventorySource | None = None
-        self._lock = threading.Lock()
 
-    def _source(self) -> InventorySource:
-        with self._lock:
-            if self._inventory is None:
-                self._inventory = self._opener()
-            return self._inventory
+    def _with_source(self, work: Callable[[InventorySource], T]) -> T:
+        source = self._opener()
+        try:
+            return work(source)
+        finally:
+            source.close()
 
     def record(self, device_id: str, fingerprint: str) -> bool:
-        return self._source().record_host_key(device_id, fingerprint)
+        return self._with_source(lambda source: source.record_host_key(device_id, fingerprint))
 
     def verified(self, device_id: str, fingerprint: str) -> None:
-        self._source().mark_verified(device_id)
+        self._with_source(lambda source: source.mark_verified(device_id))
 
     def close(self) -> None:
-        with self._lock:
-            if self._inventory is not None:
-                self._inventory.close()
-                self._inventory = None
+        pass
 
 
 class SupervisorHostKeys:

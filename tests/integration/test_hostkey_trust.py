@@ -136,6 +136,18 @@ def test_a_verified_key_moves_last_verified_off_the_backup_path(pg_sim, pg_url, 
     assert host_key_columns(pg_url, device_id)[2] == second
 
 
+def test_host_key_writes_keep_no_database_connection_open(pg_sim, pg_url):
+    """One device actor per device: a connection kept per actor would be one per device."""
+    _, device_id, _, _ = pg_sim
+    keys = InventoryHostKeys(lambda: PostgresInventory(pg_url))
+    assert keys.record(device_id, OTHER) is True
+    keys.verified(device_id, OTHER)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        open_ = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                             " current_database() AND application_name = 'ray-backup'").fetchone()
+    assert open_[0] == 0
+
+
 def test_a_verified_key_moves_last_verified_in_the_yaml_sidecar(sim_fleet, tmp_path):
     sim, _, inventory = sim_fleet(1)
     keys = InventoryHostKeys(lambda: YamlInventory(inventory))
