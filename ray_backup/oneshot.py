@@ -19,6 +19,7 @@ from ray_backup import constants as C
 from ray_backup import errors, job
 from ray_backup.actors import options
 from ray_backup.models import BackupResult, Device
+from ray_backup.runtime import schedule
 from ray_backup.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def backup_fleet(
     semaphore_name, temporary = _semaphore(settings, nodes)
     pool = WorkerPool(nodes, semaphore_name, env)
     try:
-        return _run(pool, devices, on_result)
+        return _run(pool, devices, on_result, lock_ttl_s=schedule(settings).lock_ttl)
     finally:
         pool.close()
         if temporary is not None:
@@ -81,10 +82,10 @@ class WorkerPool:
     def _new(self, node: str):
         return options.fleet_worker(node, self._semaphore_name, self._env)
 
-    def submit(self, slot: int, device: Device):
+    def submit(self, slot: int, device: Device, locked_patience_s: float = 0.0):
         """The backup's object ref and the worker it went to."""
         worker = self.workers[slot]
-        return worker.backup.remote(device), worker
+        return worker.backup.remote(device, locked_patience_s), worker
 
     def replace(self, slot: int, lost) -> None:
         if self.workers[slot] is lost:  # only the first of its devices to notice replaces it
@@ -100,11 +101,12 @@ class WorkerPool:
             ray.kill(worker)
 
 
-def _run(pool: WorkerPool, devices: list[Device], on_result) -> list[dict]:
+def _run(pool: WorkerPool, devices: list[Device], on_result, lock_ttl_s: float) -> list[dict]:
     pending: dict = {}
 
     def submit(device: Device, slot: int, retried: bool) -> None:
-        ref, worker = pool.submit(slot, device)
+        # A retry outwaits the device lock the lost worker may still hold.
+        ref, worker = pool.submit(slot, device, lock_ttl_s + 5 if retried else 0.0)
         pending[ref] = (device, slot, worker, retried)
 
     for i, device in enumerate(devices):

@@ -36,16 +36,23 @@ def _fleet_worker_pids() -> list[int]:
     return pids
 
 
-def test_a_worker_killed_mid_sweep_loses_no_device(local_ray, sim_fleet, tmp_path):
+@pytest.mark.parametrize("coordination", ["local", "redis"])
+def test_a_worker_killed_mid_sweep_loses_no_device(local_ray, sim_fleet, tmp_path, request,
+                                                   coordination):
+    """With Redis, the killed worker's device locks outlive it (TTL: command timeout + 30 s):
+    the retry waits them out instead of reporting the devices `locked`."""
     sim, sims, inventory = sim_fleet(5)
     slow = [d.id for d in sims[:2]]
     for device_id in slow:
         sim.device(device_id).delay = SLOW_S
     env = {
         "RAY_BACKUP_INVENTORY": str(inventory), "RAY_BACKUP_OUTPUT_DIR": str(tmp_path / "out"),
-        "CONFIG_BACKUP_COMMAND_TIMEOUT": "30", "CONFIG_BACKUP_CONNECT_TIMEOUT": "10",
+        "CONFIG_BACKUP_COMMAND_TIMEOUT": "12", "CONFIG_BACKUP_CONNECT_TIMEOUT": "10",
         "REDIS_URL": "", "KAFKA_BOOTSTRAP_SERVERS": "", "DATABASE_URL": "", "RAY_BACKUP_CONFIG": "",
     }
+    if coordination == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+        env["RAY_BACKUP_REDIS_PREFIX"] = request.getfixturevalue("redis_prefix")
     devices = YamlInventory(inventory).load().devices
     results: list[dict] = []
     sweep = threading.Thread(
