@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Coordinator, sink, credentials and collector for one process.
 
-    Host keys are written through ``host_keys`` (default: the inventory, opened only
-    when a host key must be written back).
+    Host keys are written through ``host_keys`` (default: the inventory, opened for
+    each write: see ``inventory.trust``).
     """
 
     def __init__(self, settings: Settings, host_keys: HostKeys | None = None) -> None:
