@@ -31,11 +31,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from ray_backup import job
+    from ray_backup import job, oneshot
 
     job.connect()
+    workers = oneshot.remove_workers()
     removed = job.stop_all(grace_s=args.grace)
-    print(f"stopped the ray-backup job: {removed} device actors removed")
+    print(f"stopped the ray-backup job: {removed} device actors removed; "
+          f"{workers} one-shot fleet workers removed")
     return EXIT_OK
 
 
@@ -106,7 +108,8 @@ def cmd_backup(args) -> int:
             if emit:
                 emit(result)
 
-        results = oneshot.backup_fleet(settings, devices, env, on_result)
+        results = oneshot.backup_fleet(settings, devices, env, on_result,
+                                       log_level=settings.log_level if args.verbose else "WARNING")
     if not args.json:
         tables.print_results(results, settings)
     failed = any(r["status"] == "failed" for r in results) or loaded.errors

@@ -8,6 +8,8 @@ SUPERVISOR_NAME = "supervisor"
 SEMAPHORE_NAME = "ssh-semaphore"
 DEVICE_ACTOR_PREFIX = "device:"
 DEVICE_GROUP_PREFIX = "devices:"
+# One-shot fleet workers, one per node, kept between sweeps: fleet-worker:<node id>.
+FLEET_WORKER_PREFIX = "fleet-worker:"
 
 # Kafka
 DEFAULT_TOPIC = "config.snapshots"

@@ -110,6 +110,11 @@ class PublishFailed(RayBackupError, IOError):
     kind = PUBLISH_FAILED
 
 
+class StaleWorker(RayBackupError):
+    """A persistent fleet worker runs other ray_backup code than the driver (an upgrade):
+    the driver replaces it; never a device's failure."""
+
+
 def kind_of(exc: BaseException) -> str:
     """The error kind of any exception: ours carry one, built-ins are mapped."""
     if isinstance(exc, RayBackupError):

@@ -1,23 +1,31 @@
 """One-shot fleet backup: every device (or the chosen ones) once, in parallel on Ray.
 
-Goes through the running job's SSH semaphore when a job runs on the cluster,
-else through a semaphore of its own with the same limit. A device whose worker
-died or could not be reached is tried once more on a fresh worker: a busy node
-can lose a worker process, and that is no reason to report its devices failed
-(a repeated snapshot of a device is harmless, the history deduplicates it).
+Each node's persistent fleet worker (``actors.worker``) gets that node's share of the
+devices in one call and streams the results back as they come, so the first result
+arrives about one backup after the call and a sweep costs no process start once the
+workers exist. Goes through the running job's SSH semaphore when a job runs on the
+cluster, else through a limit of its own (a temporary semaphore when there are
+several nodes or a login rate). A device whose worker died or could not be reached
+is tried once more on a fresh worker (Ray restarts the worker): a busy node can lose
+a worker process, and that is no reason to report its devices failed (a repeated
+snapshot of a device is harmless, the history deduplicates it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import ray
 
 from ray_backup import constants as C
 from ray_backup import errors, job
 from ray_backup.actors import options
+from ray_backup.actors.worker import SweepPlan, code_id
 from ray_backup.models import BackupResult, Device
 from ray_backup.runtime import schedule
 from ray_backup.settings import Settings
@@ -34,21 +42,55 @@ def backup_fleet(
     devices: Iterable[Device],
     env: dict[str, str],
     on_result: Callable[[dict], None] | None = None,
+    log_level: str = "WARNING",
 ) -> list[dict]:
-    """Back up ``devices`` once; return one result dict per device, in completion order."""
+    """Back up ``devices`` once; return one result dict per device, in completion order.
+
+    ``log_level``: what the fleet workers log (their lines reach this driver's stderr).
+    """
     devices = list(devices)
     if not devices:
         return []
-    job.connect()
-    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    job.connect(include_dashboard=False)  # a Ray started here lives as long as this process
+    nodes = alive_nodes()
     semaphore_name, temporary = _semaphore(settings, nodes)
-    pool = WorkerPool(nodes, semaphore_name, env)
+    sweep_id = uuid.uuid4().hex[:8]
+    plans = {
+        node: SweepPlan(semaphore=semaphore_name, limit=settings.max_concurrent,
+                        holder=f"oneshot-{sweep_id}:{node[:8]}", log_level=log_level,
+                        code=code_id())
+        for node in nodes
+    }
     try:
-        return _run(pool, devices, on_result, lock_ttl_s=schedule(settings).lock_ttl)
+        return _run(plans, devices, env, on_result, lock_ttl_s=schedule(settings).lock_ttl)
     finally:
-        pool.close()
         if temporary is not None:
             ray.kill(temporary)
+
+
+def alive_nodes() -> list[str]:
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+
+def warm_up() -> int:
+    """Have every node's fleet worker exist (created in the background); how many nodes."""
+    nodes = alive_nodes()
+    for node in nodes:
+        options.fleet_worker(node)
+    return len(nodes)
+
+
+def remove_workers() -> int:
+    """Kill every node's fleet worker for good; how many there were."""
+    removed = 0
+    for info in ray.util.list_named_actors(all_namespaces=True):
+        if info.get("namespace") == C.NAMESPACE and info["name"].startswith(C.FLEET_WORKER_PREFIX):
+            try:
+                ray.kill(ray.get_actor(info["name"], namespace=C.NAMESPACE), no_restart=True)
+                removed += 1
+            except ValueError:
+                pass
+    return removed
 
 
 def _semaphore(settings: Settings, nodes: list[str]):
@@ -60,7 +102,7 @@ def _semaphore(settings: Settings, nodes: list[str]):
         pass
     if len(nodes) == 1 and not settings.logins_per_second:
         # No job, one node, one worker: its own asyncio semaphore holds the limit,
-        # without two actor calls per backup.
+        # without actor calls for permits.
         return None, None
     name = f"{C.SEMAPHORE_NAME}-oneshot-{uuid.uuid4().hex[:8]}"
     temporary = options.temporary_semaphore(name, settings.max_concurrent, settings.logins_per_second)
@@ -68,73 +110,93 @@ def _semaphore(settings: Settings, nodes: list[str]):
     return name, temporary
 
 
-class WorkerPool:
-    """One worker per node; a lost worker is replaced by a fresh one on the same node
-    (on another if that node is gone: the placement is soft)."""
+@dataclass
+class _Stream:
+    """One worker's share of a sweep: the devices it has not answered for yet."""
 
-    def __init__(self, nodes: list[str], semaphore_name: str | None, env: dict[str, str]) -> None:
-        self._nodes = nodes
-        self._semaphore_name = semaphore_name
-        self._env = env
-        self.workers = [self._new(node) for node in nodes]
-        self._lost: list = []
-
-    def _new(self, node: str):
-        return options.fleet_worker(node, self._semaphore_name, self._env)
-
-    def submit(self, slot: int, device: Device, locked_patience_s: float = 0.0):
-        """The backup's object ref and the worker it went to."""
-        worker = self.workers[slot]
-        return worker.backup.remote(device, locked_patience_s), worker
-
-    def replace(self, slot: int, lost) -> None:
-        if self.workers[slot] is lost:  # only the first of its devices to notice replaces it
-            self._lost.append(lost)
-            self.workers[slot] = self._new(self._nodes[slot])
-
-    def close(self) -> None:
-        try:
-            ray.get([w.close.remote() for w in self.workers], timeout=60)
-        except Exception as exc:  # closing is tidying up; the results are in
-            log.warning("a fleet worker did not close cleanly: %s", exc)
-        for worker in [*self.workers, *self._lost]:
-            ray.kill(worker)
+    node: str
+    pending: dict[str, Device] = field(default_factory=dict)
+    retried: bool = False
 
 
-def _run(pool: WorkerPool, devices: list[Device], on_result, lock_ttl_s: float) -> list[dict]:
-    pending: dict = {}
+def _run(plans: dict[str, SweepPlan], devices: list[Device], env: dict[str, str], on_result,
+         lock_ttl_s: float) -> list[dict]:
+    nodes = list(plans)
+    workers = {node: options.fleet_worker(node) for node in nodes}
+    streams: dict = {}
 
-    def submit(device: Device, slot: int, retried: bool) -> None:
-        # A retry outwaits the device lock the lost worker may still hold.
-        ref, worker = pool.submit(slot, device, lock_ttl_s + 5 if retried else 0.0)
-        pending[ref] = (device, slot, worker, retried)
+    def submit(node: str, share: list[Device], retried: bool) -> None:
+        plan = plans[node]
+        if retried:  # outwait the device locks the lost worker may still hold
+            plan = dataclasses.replace(plan, locked_patience_s=lock_ttl_s + 5)
+        gen = workers[node].sweep.remote(env, share, plan)
+        streams[gen] = _Stream(node, {d.id: d for d in share}, retried)
 
-    for i, device in enumerate(devices):
-        submit(device, i % len(pool.workers), False)
+    for i, node in enumerate(nodes):
+        share = devices[i::len(nodes)]
+        if share:
+            submit(node, share, False)
     results: list[dict] = []
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            device, slot, worker, retried = pending.pop(ref)
+
+    def deliver(result: dict) -> None:
+        results.append(result)
+        if on_result:
+            on_result(result)
+
+    while streams:
+        ready, _ = ray.wait(list(streams), num_returns=1)
+        for gen in ready:
+            stream = streams[gen]
             try:
-                result = ray.get(ref)
+                batch = ray.get(next(gen))
+            except StopIteration:
+                del streams[gen]
+                for device in stream.pending.values():  # never expected: each device answers
+                    deliver(lost_result(device, RuntimeError("no result"), "worker ended early"))
+                continue
+            except errors.StaleWorker as exc:  # before any backup: replace it, no retry spent
+                log.info("replacing the fleet worker on node %s: %s", stream.node[:8], exc)
+                del streams[gen]
+                ray.kill(workers[stream.node], no_restart=True)
+                workers[stream.node] = _fresh_worker(stream.node)
+                submit(stream.node, list(stream.pending.values()), stream.retried)
+                continue
             except WORKER_LOST as exc:
-                if not retried:
-                    log.warning("device %s: worker lost (%s); retrying on a fresh worker",
-                                device.id, type(exc).__name__)
-                    pool.replace(slot, worker)
-                    submit(device, slot, True)
-                    continue
-                result = _lost(device, exc, "worker lost twice (retried on a fresh worker)")
-            except Exception as exc:  # the worker's own bug: this device failed, the rest go on
-                result = _lost(device, exc, "worker failed")
-            results.append(result)
-            if on_result:
-                on_result(result)
+                del streams[gen]
+                share = list(stream.pending.values())
+                if not stream.retried:
+                    log.warning("fleet worker on node %s lost (%s); retrying its %d devices on a "
+                                "fresh worker", stream.node[:8], type(exc).__name__, len(share))
+                    submit(stream.node, share, True)
+                else:
+                    for device in share:
+                        deliver(lost_result(device, exc, "worker lost twice (retried on a fresh worker)"))
+                continue
+            except Exception as exc:  # the worker's own bug: its devices failed, the rest go on
+                del streams[gen]
+                for device in stream.pending.values():
+                    deliver(lost_result(device, exc, "worker failed"))
+                continue
+            for result in batch:
+                stream.pending.pop(result["device_id"], None)
+                deliver(result)
     return results
 
 
-def _lost(device: Device, exc: BaseException, what: str) -> dict:
+def _fresh_worker(node: str, patience_s: float = 30.0):
+    """A new worker under the node's name once the killed one has let go of it."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            ray.get_actor(C.FLEET_WORKER_PREFIX + node, namespace=C.NAMESPACE)
+        except ValueError:
+            return options.fleet_worker(node)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the old fleet worker on node {node[:8]} does not go away")
+        time.sleep(0.1)
+
+
+def lost_result(device: Device, exc: BaseException, what: str) -> dict:
     first_line = (str(exc).strip().splitlines() or [""])[0][:160]
     return BackupResult(
         device_id=device.id, status=C.STATUS_FAILED, error_kind=errors.UNKNOWN,

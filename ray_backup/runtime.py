@@ -26,13 +26,17 @@ class Runtime:
     each write: see ``inventory.trust``).
     """
 
-    def __init__(self, settings: Settings, host_keys: HostKeys | None = None) -> None:
+    def __init__(self, settings: Settings, host_keys: HostKeys | None = None,
+                 verify_notes: VerifyNotes | None = None) -> None:
         self.settings = settings
         self.coordinator = open_coordinator(settings)
         self.sink = open_sink(settings)
         self.credentials = CredentialResolver(settings)
         self.host_keys = host_keys or InventoryHostKeys(lambda: open_inventory(settings))
-        self._verify_notes = VerifyNotes(self.host_keys)
+        # Shared by a fleet worker's runtimes of one inventory (see ``actors.worker``):
+        # their owner closes it.
+        self._own_notes = verify_notes is None
+        self._verify_notes = verify_notes or VerifyNotes(self.host_keys)
         self.collector = Collector(
             credentials=self.credentials,
             sink=self.sink,
@@ -74,7 +78,8 @@ class Runtime:
         return await in_thread(cls, settings, host_keys)
 
     def close(self) -> None:
-        self._verify_notes.close()
+        if self._own_notes:
+            self._verify_notes.close()
         for part in (self.sink, self.coordinator, self.host_keys):
             try:
                 part.close()

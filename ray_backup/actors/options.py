@@ -58,15 +58,22 @@ def _runtime_env(env_vars: dict[str, str] | None) -> dict | None:
     return {"env_vars": dict(env_vars)} if env_vars else None
 
 
-def fleet_worker(node_id: str, semaphore_name: str | None, env_vars: dict[str, str] | None = None):
+def fleet_worker(node_id: str):
+    """The node's persistent one-shot worker, created if there is none.
+
+    Named and detached so that later sweeps (and notebooks) reuse it; no runtime_env, so
+    Ray can start it from an idle worker process; each sweep brings its own settings.
+    Restarted by Ray when it dies (a sweep retries that worker's devices on the new one);
+    ``ray-backup stop`` removes it for good.
+    """
     from ray_backup.actors.worker import FleetWorker
 
     return (
         ray.remote(FleetWorker)
-        .options(namespace=C.NAMESPACE, num_cpus=0, max_concurrency=10_000,
-                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True),
-                 runtime_env=_runtime_env(env_vars))
-        .remote(semaphore_name)
+        .options(name=C.FLEET_WORKER_PREFIX + node_id, get_if_exists=True, namespace=C.NAMESPACE,
+                 lifetime="detached", num_cpus=0, max_restarts=-1, max_concurrency=10_000,
+                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True))
+        .remote()
     )
 
 

@@ -65,6 +65,21 @@ class SSHSemaphore:
                 self.release(future.result())  # granted while being cancelled: give it back
             raise
 
+    async def acquire_many(self, holder: str, lease_s: float, n: int) -> list[int]:
+        """Wait for one permit like ``acquire``; return it with up to ``n - 1`` more that are
+        free now and wanted by nobody queued before (one call for a worker's batch)."""
+        leases = [await self.acquire(holder, lease_s)]
+        while (len(leases) < n and self._rate <= 0 and not self._waiters
+               and len(self._leases) < self._limit):
+            leases.append(self._grant(holder, lease_s))
+        return leases
+
+    def release_many(self, lease_ids: list[int], holder: str = "") -> int:
+        """Return several permits in one call; how many were still held."""
+        found = sum(self._leases.pop(lease_id, None) is not None for lease_id in lease_ids)
+        self._serve()
+        return found
+
     def release(self, lease_id: int) -> bool:
         """Return a permit; False if the lease had already expired."""
         found = self._leases.pop(lease_id, None) is not None
