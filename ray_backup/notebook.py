@@ -159,6 +159,9 @@ def connect(address: str | None = None, **local_options) -> dict:
         local_options.setdefault("object_store_memory", 200 * 1024 * 1024)
         # address="local": without it ray.init joins any Ray running on this machine.
         ray.init(address="local", namespace=C.NAMESPACE, **local_options)
+    from ray_backup import oneshot
+
+    oneshot.warm_up()  # the fleet workers start now, so the first backup() need not wait
     return {
         "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
         "job_running": job.running_supervisor() is not None,

@@ -167,6 +167,7 @@ def _run(plans: dict[str, SweepPlan], devices: list[Device], env: dict[str, str]
                 if not stream.retried:
                     log.warning("fleet worker on node %s lost (%s); retrying its %d devices on a "
                                 "fresh worker", stream.node[:8], type(exc).__name__, len(share))
+                    workers[stream.node] = _restarted(workers[stream.node], stream.node)
                     submit(stream.node, share, True)
                 else:
                     for device in share:
@@ -181,6 +182,21 @@ def _run(plans: dict[str, SweepPlan], devices: list[Device], env: dict[str, str]
                 stream.pending.pop(result["device_id"], None)
                 deliver(result)
     return results
+
+
+def _restarted(worker, node: str, patience_s: float = 60.0):
+    """The lost worker once Ray has restarted it (calls to a restarting actor fail), or a
+    new one if it is gone for good."""
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(worker.info.remote(), timeout=10)
+            return worker
+        except ray.exceptions.ActorDiedError:
+            return _fresh_worker(node)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            time.sleep(0.5)
+    return worker  # its devices fail as lost twice
 
 
 def _fresh_worker(node: str, patience_s: float = 30.0):
