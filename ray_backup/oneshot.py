@@ -25,9 +25,8 @@ import ray
 from ray_backup import constants as C
 from ray_backup import errors, job
 from ray_backup.actors import options
-from ray_backup.actors.worker import SweepPlan, code_id
+from ray_backup.actors.plan import SweepPlan, code_id
 from ray_backup.models import BackupResult, Device
-from ray_backup.runtime import schedule
 from ray_backup.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ def backup_fleet(
         for node in nodes
     }
     try:
-        return _run(plans, devices, env, on_result, lock_ttl_s=schedule(settings).lock_ttl)
+        return _run(plans, devices, env, on_result, settings)
     finally:
         if temporary is not None:
             ray.kill(temporary)
@@ -120,7 +119,7 @@ class _Stream:
 
 
 def _run(plans: dict[str, SweepPlan], devices: list[Device], env: dict[str, str], on_result,
-         lock_ttl_s: float) -> list[dict]:
+         settings: Settings) -> list[dict]:
     nodes = list(plans)
     workers = {node: options.fleet_worker(node) for node in nodes}
     streams: dict = {}
@@ -128,7 +127,9 @@ def _run(plans: dict[str, SweepPlan], devices: list[Device], env: dict[str, str]
     def submit(node: str, share: list[Device], retried: bool) -> None:
         plan = plans[node]
         if retried:  # outwait the device locks the lost worker may still hold
-            plan = dataclasses.replace(plan, locked_patience_s=lock_ttl_s + 5)
+            from ray_backup.runtime import schedule  # the backup path: not for every driver
+
+            plan = dataclasses.replace(plan, locked_patience_s=schedule(settings).lock_ttl + 5)
         gen = workers[node].sweep.remote(env, share, plan)
         streams[gen] = _Stream(node, {d.id: d for d in share}, retried)
 

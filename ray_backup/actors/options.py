@@ -6,8 +6,6 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_backup import constants as C
-from ray_backup.actors.device import DeviceBackupActor
-from ray_backup.actors.semaphore import SSHSemaphore
 from ray_backup.models import Device
 
 # Actors wait on the network, not the CPU: they reserve none, so a node's CPU
@@ -17,6 +15,8 @@ _COMMON = dict(namespace=C.NAMESPACE, lifetime="detached", num_cpus=0, max_resta
 
 
 def semaphore(limit: int, logins_per_second: float, env_vars: dict[str, str] | None = None):
+    from ray_backup.actors.semaphore import SSHSemaphore
+
     return (
         ray.remote(SSHSemaphore)
         .options(name=C.SEMAPHORE_NAME, get_if_exists=True, max_concurrency=100_000,
@@ -43,6 +43,8 @@ def device_actor(name: str, devices: list[Device], node_id: str | None):
     # workers, which unbalances the fleet. If the node dies, Ray cannot restart
     # the actor there and reports it unschedulable; the supervisor then creates
     # it again on a live node.
+    from ray_backup.actors.device import DeviceBackupActor  # the backup path: only when needed
+
     strategy = (
         NodeAffinitySchedulingStrategy(node_id=node_id, soft=False) if node_id else "SPREAD"
     )
@@ -79,6 +81,8 @@ def fleet_worker(node_id: str):
 
 def temporary_semaphore(name: str, limit: int, logins_per_second: float):
     """A semaphore for one one-shot backup when no job is running; dies with the driver."""
+    from ray_backup.actors.semaphore import SSHSemaphore
+
     return (
         ray.remote(SSHSemaphore)
         .options(name=name, namespace=C.NAMESPACE, num_cpus=0, max_concurrency=100_000)

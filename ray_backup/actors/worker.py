@@ -12,18 +12,16 @@ settings reuse its connections. ``ray-backup stop`` removes the workers.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from ray_backup import constants as C
 from ray_backup import errors, logs
 from ray_backup.actors.permits import LocalPermits, PooledPermits
+from ray_backup.actors.plan import SweepPlan, code_id
 from ray_backup.coordination.local import LocalCoordinator
 from ray_backup.inventory.base import open_inventory
 from ray_backup.inventory.trust import InventoryHostKeys, VerifyNotes
@@ -37,18 +35,6 @@ log = logging.getLogger(__name__)
 LOCKED_POLL_S = 2.0
 # Runtimes kept for settings no running sweep uses (each holds its sink and coordinator).
 IDLE_RUNTIMES = 4
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """How one sweep runs on a worker; holds no secret."""
-
-    semaphore: str | None  # the cluster's semaphore actor, or None: a limit of this worker's own
-    limit: int
-    holder: str  # who holds the permits, as the semaphore sees it
-    locked_patience_s: float = 0.0  # a retry after a lost worker outwaits its device locks
-    log_level: str = "WARNING"
-    code: str = ""  # the driver's ``code_id()``: a worker with other code is replaced
 
 
 class _Cached:
@@ -143,22 +129,6 @@ class FleetWorker:
             for notes in self._verify_notes.values():
                 await in_thread(notes.close)
             self._verify_notes.clear()
-
-
-def code_id() -> str:
-    """Which ray_backup this process runs: its files' names, sizes and times, hashed once."""
-    global _CODE_ID
-    if _CODE_ID is None:
-        root = Path(__file__).resolve().parents[1]
-        digest = hashlib.blake2b(digest_size=6)
-        for path in sorted(root.rglob("*.py")):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-        _CODE_ID = digest.hexdigest()
-    return _CODE_ID
-
-
-_CODE_ID: str | None = None
 
 
 async def backup_one(device: Device, deps: LoopDeps, locked_patience_s: float = 0.0) -> dict:

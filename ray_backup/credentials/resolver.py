@@ -38,6 +38,7 @@ class CredentialResolver:
         self._transit = transit or TransitClient.from_settings(settings)
         self._clock = clock
         self._lock = threading.Lock()
+        self._parsing = threading.Lock()
         self._cache: dict[tuple[str, str], tuple[float, Credentials]] = {}
         self._files: dict[str, tuple[tuple[int, ...], dict[str, Credentials]]] = {}
 
@@ -113,14 +114,17 @@ class CredentialResolver:
                 f"cannot read inventory file {path} on this node ({exc.strerror})"
             ) from None
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
-        with self._lock:
-            cached = self._files.get(path)
-        if cached and cached[0] == stamp:
-            return cached[1]
-        try:
-            logins = load_secrets(path)
-        except ConfigError as exc:
-            raise CredentialsError(f"cannot use inventory file: {exc}") from None
-        with self._lock:
-            self._files[path] = (stamp, logins)
-        return logins
+        # One parse per change: the many backups that start together would otherwise
+        # each parse the whole file (a sweep's first K backups, one YAML parse each).
+        with self._parsing:
+            with self._lock:
+                cached = self._files.get(path)
+            if cached and cached[0] == stamp:
+                return cached[1]
+            try:
+                logins = load_secrets(path)
+            except ConfigError as exc:
+                raise CredentialsError(f"cannot use inventory file: {exc}") from None
+            with self._lock:
+                self._files[path] = (stamp, logins)
+            return logins
