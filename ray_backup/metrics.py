@@ -229,9 +229,8 @@ class HistoryCollector:
 
     def collect(self):
         writers = self._stats()
-        if not writers:
-            return
-        self.writers_seen = True
+        # Served without writers too (lag 0): dashboards show flat lines, not gaps.
+        self.writers_seen = self.writers_seen or bool(writers)
         self._fold_changes(writers)
         lags = [w["lag"] for w in writers if w.get("lag") is not None]
         yield GaugeMetricFamily(C.METRIC_HISTORY_WRITER_LAG,

@@ -37,7 +37,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from ray_backup import logs
-from ray_backup.history.base import ChangeEvent, ChangeSink, HistoryStore
+from ray_backup.history.base import ChangeEvent, ChangeSink, HistoryRejected, HistoryStore
 from ray_backup.history.events import PoisonMessage, failure_line, parse_snapshot
 from ray_backup.settings import Settings
 from ray_backup.sinks.kafka_config import security_config
@@ -129,7 +129,7 @@ class HistoryWriter:
             "lag": self.lag,
             "assigned_partitions": self._assigned,
             "store_failing": self._failing_since is not None,
-            **{k: self.counts[k] for k in ("new", "duplicate", "stale", "poison", "changes",
+            **{k: self.counts[k] for k in ("new", "duplicate", "stale", "rejected", "poison", "changes",
                                             "store_failures", "commit_failures")},
         }
 
@@ -172,14 +172,14 @@ class HistoryWriter:
         change = self._unannounced.get(where)
         if change is None:
             try:
-                snapshot = parse_snapshot(msg.value())
-            except PoisonMessage as exc:
-                self.counts["poison"] += 1
+                stored = self._store(parse_snapshot(msg.value()))
+            except (PoisonMessage, HistoryRejected) as exc:
+                # Never storable: retrying would only stop the partition behind it.
+                self.counts["poison" if isinstance(exc, PoisonMessage) else "rejected"] += 1
                 log.error("history writer %s: skipping message %s[%d]@%d: %s", self.name,
                           *where, exc)
                 self._commit(consumer, msg)
                 return
-            stored = self._store(snapshot)
             if stored is None:
                 self._retry_later(consumer, msg)
                 return
@@ -191,8 +191,11 @@ class HistoryWriter:
         self._commit(consumer, msg)
 
     def _store(self, snapshot):
+        """The store's verdict; None while it fails. ``HistoryRejected`` (never storable) passes."""
         try:
             stored = self.store.store(snapshot)
+        except HistoryRejected:
+            raise
         except Exception as exc:
             self.counts["store_failures"] += 1
             if self._failing_since is None:  # once per outage, not once per retry
@@ -245,13 +248,13 @@ class HistoryWriter:
 
     def _open_parts(self) -> bool:
         """Open the store and the change sink, retrying while they are unavailable."""
+        from ray_backup.history import open_history
         from ray_backup.history.changes import open_changes
-        from ray_backup.history.store import open_store
 
         delay = BACKOFF_MIN_S
         while not self._stop.is_set():
             try:
-                self.store = self.store or open_store(self.settings)
+                self.store = self.store or open_history(self.settings)
                 self.changes = self.changes or open_changes(self.settings)
                 return True
             except Exception as exc:

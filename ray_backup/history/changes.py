@@ -54,7 +54,9 @@ class KafkaChangeSink:
             raise PublishFailed(f"device {change.device_id}: change event not published ({why})")
 
     def close(self) -> None:
-        self._producer.flush(5.0)
+        if self._producer is not None:
+            self._producer.flush(5.0)
+            self._producer = None  # librdkafka's client goes with its last reference
 
 
 class FileChangeSink:

@@ -38,9 +38,9 @@ def open_sink(settings: Settings) -> Sink:
         from ray_backup.sinks.kafka import KafkaSink  # confluent-kafka only when used
 
         return KafkaSink(settings)
+    from ray_backup.history import open_history
     from ray_backup.history.changes import open_changes
-    from ray_backup.history.store import open_store
     from ray_backup.sinks.directory import DirectorySink
     from ray_backup.sinks.history import HistorySink
 
-    return HistorySink(DirectorySink(settings.output_dir), open_store(settings), open_changes(settings))
+    return HistorySink(DirectorySink(settings.output_dir), open_history(settings), open_changes(settings))

@@ -165,7 +165,7 @@ def test_without_writers_device_rows_count_changes():
     metrics = FleetMetrics(list, dict, export_to_ray=False)
     metrics.observe({"result_status": C.STATUS_SUCCESS, "changed": True, "duration_s": 1.0})
     assert _sample(metrics, C.METRIC_CONFIG_CHANGES) == 1
-    assert _sample(metrics, C.METRIC_HISTORY_WRITER_LAG) is None
+    assert _sample(metrics, C.METRIC_HISTORY_WRITER_LAG) == 0
 
 
 def test_with_writers_their_change_events_are_counted_not_the_rows():
