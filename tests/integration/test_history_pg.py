@@ -238,3 +238,24 @@ def add_tod_device(url: str, tenant: str, name: str) -> str:
         conn.execute("INSERT INTO devices (id, tenant_id, hostname, ip_address) VALUES (%s, %s, %s, %s)",
                      (device, tenant, f"router-{name}", "192.0.2.1"))
     return device
+
+
+def test_database_outage_is_unavailable_then_nothing_lost_or_doubled(own_postgres, base):
+    from ray_backup.history.base import HistoryUnavailable
+
+    url = own_postgres.url
+    init_db(url)
+    a, b = variants(base, 2)
+    store = PostgresHistory(url)
+    try:
+        store.store(snapshot(a, at(0)))
+        own_postgres.stop()
+        with pytest.raises(HistoryUnavailable, match=DEVICE):
+            store.store(snapshot(b, at(1)))
+        own_postgres.start()
+        # The writer delivers the same snapshot again: stored once, after the first.
+        assert store.store(snapshot(b, at(1))).outcome == "new"
+        assert store.store(snapshot(b, at(1))).outcome == "duplicate"
+        assert [v.lines_added for v in store.versions(DEVICE)] == [1, None]
+    finally:
+        store.close()
