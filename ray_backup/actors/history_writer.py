@@ -96,6 +96,8 @@ class HistoryWriter:
         self._failing_since: float | None = None
         self._backoff = BACKOFF_MIN_S
         self._lag_at = 0.0
+        self._high: dict[tuple[str, int], int] = {}  # partition -> high watermark seen
+        self._done: dict[tuple[str, int], int] = {}  # partition -> next offset to handle
         self._assigned = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -161,6 +163,7 @@ class HistoryWriter:
                 if msg.error():
                     self._client_error(msg.error())
                 else:
+                    self._note_high(consumer, msg)
                     self._handle(consumer, msg)
             self._refresh_lag(consumer)
         except Exception:  # never a crash loop: log, wait a little, carry on
@@ -224,6 +227,7 @@ class HistoryWriter:
 
     def _commit(self, consumer: Consumer, msg: Message) -> None:
         offset = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
+        self._done[(msg.topic(), msg.partition())] = msg.offset() + 1
         try:
             consumer.commit(offsets=[offset], asynchronous=False)
         except KafkaException as exc:
@@ -274,6 +278,8 @@ class HistoryWriter:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = len(partitions)
+        for p in partitions:  # another writer may have moved them on meanwhile
+            self._done.pop((p.topic, p.partition), None)
         log.info("history writer %s: assigned partitions %s", self.name,
                  sorted(p.partition for p in partitions))
 
@@ -285,24 +291,29 @@ class HistoryWriter:
         if error.code() != KafkaError._PARTITION_EOF:
             log.warning("history writer %s: Kafka: %s", self.name, error.str())
 
+    def _note_high(self, consumer: Consumer, msg: Message) -> None:
+        """Remember the partition's high watermark as of this message's fetch (cached: no
+        broker round trip; a seek or pause forgets it, so it is kept here)."""
+        tp = (msg.topic(), msg.partition())
+        _low, high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+        self._high[tp] = max(self._high.get(tp, -1), high)
+
     def _refresh_lag(self, consumer: Consumer) -> None:
-        """Messages between each partition's position and its high watermark, summed."""
+        """Messages between each partition's next offset and its high watermark, summed."""
         if time.monotonic() - self._lag_at < LAG_REFRESH_S:
             return
         self._lag_at = time.monotonic()
-        assigned = consumer.assignment()
-        if not assigned:
-            self.lag = 0 if self.lag is not None else None
-            return
         total, known = 0, False
-        for position in consumer.position(assigned):
-            # Cached: the high watermark of the last fetch response (no broker round trip).
+        for position in consumer.position(consumer.assignment()):
+            tp = (position.topic, position.partition)
             _low, high = consumer.get_watermark_offsets(position, cached=True)
-            if high >= 0 and position.offset >= 0:
-                total += max(0, high - position.offset)
+            high = self._high[tp] = max(self._high.get(tp, -1), high)
+            done = self._done.get(tp, position.offset)
+            if high >= 0 and done >= 0:
+                total += max(0, high - done)
                 known = True
-        if known:
-            self.lag = total
+        if known or not consumer.assignment():
+            self.lag = total if known else (0 if self.lag is not None else None)
 
 
 def _rewind(consumer: Consumer, msg: Message) -> None:

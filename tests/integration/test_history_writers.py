@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from itertools import pairwise
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from ray_backup.actors.history_writer import HistoryWriter
 from ray_backup.history import open_history
+from ray_backup.inventory.schema import init_db
 from ray_backup.settings import Settings
 from ray_backup.snapshot import Snapshot
 from tests.integration.conftest import wait_for
@@ -32,18 +34,28 @@ def texts() -> list[str]:
             for t in variants(base, 4)]
 
 
-@pytest.fixture
+@pytest.fixture(params=["postgres", "directory"])
 def history_settings(request, kafka_bootstrap, make_topic, tmp_path):
-    """Factory: settings for writers of a fresh topic (and group) into the given store."""
+    """Factory: settings for writers of a fresh topic (and group) into PostgreSQL (a fresh
+    database, `db init`ed) or, without DATABASE_URL, the output directory."""
+    database = None
+    if request.param == "postgres":
+        database = request.getfixturevalue("pg_url")
+        init_db(database)
 
     def make(partitions: int = 1, **extra) -> Settings:
-        return Settings(
-            kafka_bootstrap_servers=kafka_bootstrap, kafka_topic=make_topic(partitions),
-            changes_topic=make_topic(1), history_group=f"rb_test_{uuid.uuid4().hex[:8]}",
-            output_dir=str(tmp_path / "out"), **extra,
-        )
+        return writer_settings(kafka_bootstrap, make_topic, tmp_path, partitions,
+                               database_url=database, **extra)
 
     return make
+
+
+def writer_settings(bootstrap, make_topic, tmp_path, partitions=1, **extra) -> Settings:
+    return Settings(
+        kafka_bootstrap_servers=bootstrap, kafka_topic=make_topic(partitions),
+        changes_topic=make_topic(1), history_group=f"rb_test_{uuid.uuid4().hex[:8]}",
+        output_dir=str(tmp_path / "out"), **extra,
+    )
 
 
 @pytest.fixture
@@ -97,9 +109,6 @@ def changes_on(settings: Settings, expected: int | None = None) -> list[dict]:
     return [{"key": m.key().decode(), **json.loads(m.value())} for m in messages]
 
 
-# -- the directory store (no DATABASE_URL) ------------------------------------------------
-
-
 def test_duplicate_delivery_stores_one_version_and_commits(history_settings, writers, texts):
     settings = history_settings()
     a = snapshot(texts[0], at(1))
@@ -134,7 +143,7 @@ def test_a_new_version_publishes_a_change_event_without_config_text(history_sett
     wait_for(lambda: writer.stats()["changes"] == 2, 30, "two change events")
     found = changes_on(settings, expected=2)
     assert [(e["key"], e["old_sha256_hash"], e["new_sha256_hash"]) for e in found] == [
-        (s.device_id, old.sha256_hash, s.sha256_hash) for old, s in zip(snaps, snaps[1:])]
+        (s.device_id, old.sha256_hash, s.sha256_hash) for old, s in pairwise(snaps)]
     assert all(e["lines_added"] == 1 and e["sections"] for e in found)
 
 
@@ -169,3 +178,31 @@ def test_two_writers_on_two_partitions_store_every_device_once(history_settings,
     assert total(pair, "new") == len(snaps) and total(pair, "duplicate") == 6
     assert sum(committed(settings, 2)) == len(snaps) + 6
     assert all(w.stats()["assigned_partitions"] == 1 for w in pair)
+
+
+def test_a_database_outage_holds_the_offset_and_loses_or_doubles_nothing(
+        own_postgres, kafka_bootstrap, make_topic, tmp_path, writers, texts, caplog):
+    init_db(own_postgres.url)
+    settings = writer_settings(kafka_bootstrap, make_topic, tmp_path, 1,
+                               database_url=own_postgres.url)
+    other = str(uuid.uuid4())
+    first, second = snapshot(texts[0], at(0)), snapshot(texts[1], at(1))
+    produce(settings, events([first]))
+    (writer,) = writers(settings)
+    wait_for(lambda: writer.stats()["new"] == 1, 30, "the first version stored")
+    own_postgres.stop()
+    produce(settings, events([second, snapshot(texts[0], at(1), device=other)]))
+    wait_for(lambda: writer.stats()["store_failures"] >= 2, 30, "the store failing, retried")
+    assert committed(settings) == [1]  # nothing committed past what is stored
+    wait_for(lambda: writer.stats()["lag"] == 2, 10, "the lag showing the held messages")
+    assert writer.stats()["running"] and writer.stats()["store_failing"]
+    own_postgres.start()
+    wait_for(lambda: writer.stats()["new"] == 3, 60, "every held message stored once back")
+    assert committed(settings) == [3]
+    store = open_history(settings)
+    assert [v.sha256_hash for v in store.versions(first.device_id)] == [
+        second.sha256_hash, first.sha256_hash]
+    assert len(store.versions(other)) == 1
+    assert writer.stats()["duplicate"] == 0 and writer.stats()["changes"] == 1
+    failing = [r for r in caplog.records if "history store failing" in r.getMessage()]
+    assert len(failing) == 1  # once per outage, not once per retry
