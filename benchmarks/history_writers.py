@@ -120,6 +120,7 @@ class Feeder(threading.Thread):
                     self.producer.poll(0.1)
             self.producer.poll(0)
         self.producer.flush(10)
+        self.producer = None  # librdkafka's client goes with its last reference
 
 
 def handled(stats: list[dict]) -> int:
