@@ -7,6 +7,7 @@ reached the disk, not just the page cache.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
@@ -87,3 +88,22 @@ def atomic_replace(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def append_whole(path: Path, data: bytes, lock: bool = False) -> None:
+    """Append ``data`` durably, whole or not at all (a partial line from a full disk is cut
+    off, so the file stays valid JSON Lines); ``lock`` holds an exclusive ``flock`` across
+    processes while writing, for files whose writers do not otherwise exclude each other."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        if lock:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes
+        start = os.fstat(fd).st_size
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
