@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ray_backup.errors import PublishFailed
-from ray_backup.sinks.files import append_whole, atomic_replace, ensure_dir, safe_name
+from ray_backup.sinks.files import append_line, atomic_replace, ensure_dir, safe_name
 from ray_backup.snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class DirectorySink:
         behind the history, never showing a config the history lacks.
         """
         try:
-            self._append_line(snapshot.to_json_bytes() + b"\n")
+            append_line(self.path / HISTORY_FILE, snapshot.to_json_bytes() + b"\n")
             atomic_replace(self.config_path(snapshot.device_id), snapshot.config_text.encode())
         except OSError as exc:
             raise PublishFailed(
@@ -54,10 +54,6 @@ class DirectorySink:
             ) from exc
         logger.debug("device %s: snapshot %s written to %s",
                      snapshot.device_id, snapshot.sha256_hash[:12], self.path)
-
-    def _append_line(self, line: bytes) -> None:
-        # One writer at a time, across processes: lines are written whole.
-        append_whole(self.path / HISTORY_FILE, line, lock=True)
 
     def pending(self) -> int:
         return 0  # nothing is ever deferred: publish writes or raises

@@ -64,6 +64,28 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def append_line(path: Path, line: bytes) -> None:
+    """Append ``line`` whole and durably; several processes may append to the same file.
+
+    One writer at a time (an exclusive ``flock``); a line cut short by a full disk is
+    removed again, so the file stays valid JSON Lines."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                write_all(fd, line)
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def write_tmp(directory: Path, final_name: str, data: bytes) -> Path:
     """Write ``data`` to a fresh, fsynced hidden file in ``directory``; return its path."""
     tmp = directory / f".tmp-{os.getpid()}-{threading.get_ident()}-{final_name}"
@@ -88,22 +110,3 @@ def atomic_replace(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-
-
-def append_whole(path: Path, data: bytes, lock: bool = False) -> None:
-    """Append ``data`` durably, whole or not at all (a partial line from a full disk is cut
-    off, so the file stays valid JSON Lines); ``lock`` holds an exclusive ``flock`` across
-    processes while writing, for files whose writers do not otherwise exclude each other."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-    try:
-        if lock:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes
-        start = os.fstat(fd).st_size
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        except OSError:
-            os.ftruncate(fd, start)
-            raise
-    finally:
-        os.close(fd)
