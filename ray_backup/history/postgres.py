@@ -175,7 +175,10 @@ class PostgresHistory:
     # ------------------------------------------------------------------ reading
 
     def versions(self, device_id: str, limit: int | None = None) -> list[Version]:
-        device = _uuid(device_id, "device", HistoryLookupError)
+        try:
+            device = _uuid(device_id, "device", HistoryLookupError)
+        except HistoryLookupError:
+            return []  # a host name, say: no versions under that id (views try names next)
         with self._transaction(device) as cur:
             self._scope_to_device(cur, device)
             rows = cur.execute(_VERSIONS, (device, limit)).fetchone()[0]
