@@ -31,7 +31,14 @@ from pathlib import Path
 from ray_backup.history.base import HistoryLookupError, SectionChange, Stored, Version
 from ray_backup.history.diffing import unified_diff
 from ray_backup.history.eventlog import import_event_log
-from ray_backup.history.rules import change_event, compare, match_ref, parse_time, verdict
+from ray_backup.history.rules import (
+    Retention,
+    change_event,
+    compare,
+    match_ref,
+    parse_time,
+    verdict,
+)
 from ray_backup.history.sealing import Sealer
 from ray_backup.sinks.files import FILE_MODE, append_line, atomic_replace, ensure_dir, safe_name
 from ray_backup.snapshot import Snapshot
@@ -46,12 +53,13 @@ class DirectoryHistory:
     """``HistoryStore`` over ``<output>/history``; imports an old ``snapshots.jsonl`` on open."""
 
     def __init__(self, output: str | os.PathLike, sealer: Sealer | None = None,
-                 import_log: bool = True) -> None:
+                 import_log: bool = True, retention_days: float | None = None) -> None:
         self.output = Path(output).expanduser()
         self.root = self.output / HISTORY_DIR
         self.sealer = sealer or Sealer()
+        self.retention = Retention(retention_days)
         if import_log:
-            import_event_log(self.output, self.root, self.store)
+            import_event_log(self.output, self.root, self._store)  # no pruning from a reader
 
     def __repr__(self) -> str:
         return f"DirectoryHistory({str(self.root)!r}, {self.sealer!r})"
@@ -59,6 +67,11 @@ class DirectoryHistory:
     # ------------------------------------------------------------------ writing
 
     def store(self, snapshot: Snapshot) -> Stored:
+        stored = self._store(snapshot)
+        self.retention.maybe_prune(self.prune)
+        return stored
+
+    def _store(self, snapshot: Snapshot) -> Stored:
         ensure_dir(self.root)  # owner-only, like every level below it
         folder = ensure_dir(self._folder(snapshot.device_id))
         with _locked(folder):

@@ -31,7 +31,7 @@ from ray_backup.history.base import (
 )
 from ray_backup.history.diffing import unified_diff
 from ray_backup.history.pgschema import missing_tables
-from ray_backup.history.rules import change_event, compare, match_ref, rfc3339, verdict
+from ray_backup.history.rules import Retention, change_event, compare, match_ref, rfc3339, verdict
 from ray_backup.history.sealing import Sealer
 from ray_backup.inventory.postgres import CONNECT_TIMEOUT_S, psycopg_url
 from ray_backup.snapshot import Snapshot
@@ -96,9 +96,11 @@ DELETE FROM router_config_snapshots WHERE id IN (SELECT id FROM doomed)
 class PostgresHistory:
     """``HistoryStore`` over the three ``router_config_*`` tables; one connection, one lock."""
 
-    def __init__(self, url: str, sealer: Sealer | None = None) -> None:
+    def __init__(self, url: str, sealer: Sealer | None = None,
+                 retention_days: float | None = None) -> None:
         self._url = psycopg_url(url)
         self.sealer = sealer or Sealer()
+        self.retention = Retention(retention_days)
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
         self._layout: _Layout | None = None
@@ -109,6 +111,11 @@ class PostgresHistory:
     # ------------------------------------------------------------------ writing
 
     def store(self, snapshot: Snapshot) -> Stored:
+        stored = self._store(snapshot)
+        self.retention.maybe_prune(self.prune)
+        return stored
+
+    def _store(self, snapshot: Snapshot) -> Stored:
         device, tenant = _uuid(snapshot.device_id, "device"), _uuid(snapshot.tenant_id, "tenant")
         with self._transaction(device) as cur:
             self._check_tenant(cur, device, tenant)
@@ -168,8 +175,11 @@ class PostgresHistory:
             with self._transaction() as cur:
                 if tenant:
                     _set_tenant(cur, tenant)
-                cur.execute(_PRUNE, (retention_days * 86400.0,))
-                deleted += cur.rowcount
+                # One pruner at a time (every writer prunes now and then); the others skip.
+                if cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
+                               ("ray_backup.history.prune",)).fetchone()[0]:
+                    cur.execute(_PRUNE, (retention_days * 86400.0,))
+                    deleted += cur.rowcount
         return deleted
 
     # ------------------------------------------------------------------ reading

@@ -184,3 +184,12 @@ def test_many_versions_index_reads_whole_lines_only(tmp_path, base):
     assert len(history.versions(DEVICE, limit=2)) == 2
     assert json.loads(index.read_text().splitlines()[0])["lines_added"] is None
     assert stat.S_IMODE(os.stat(index).st_mode) == 0o600
+
+
+def test_storing_prunes_expired_versions_on_its_own(tmp_path, base):
+    a, b, c = variants(base, 3)
+    for hours, text in ((0, a), (1, b)):
+        DirectoryHistory(tmp_path).store(snapshot(text, at(hours)))
+    store = DirectoryHistory(tmp_path, retention_days=1)
+    store.store(snapshot(c, at(2)))
+    assert [v.lines_added for v in store.versions(DEVICE)] == [None]

@@ -262,3 +262,18 @@ def test_database_outage_is_unavailable_then_nothing_lost_or_doubled(own_postgre
         assert [v.lines_added for v in store.versions(DEVICE)] == [1, None]
     finally:
         store.close()
+
+
+def test_storing_prunes_expired_versions_on_its_own(db, base):
+    a, b, c = variants(base, 3)
+    old = PostgresHistory(db)
+    for hours, text in ((0, a), (1, b)):
+        old.store(snapshot(text, at(hours)))
+    old.close()
+    store = PostgresHistory(db, retention_days=1)
+    try:
+        store.store(snapshot(c, at(2)))  # the first store of a process prunes
+        assert [v.lines_added for v in store.versions(DEVICE)] == [None]
+        assert store.text(DEVICE) == c
+    finally:
+        store.close()
