@@ -14,9 +14,8 @@ from ray_backup.settings import Settings
 
 
 def open_history(settings: Settings, output_dir: str | os.PathLike | None = None) -> HistoryStore:
-    """The history store for these settings; texts are sealed as the settings allow, and
-    versions older than ``CONFIG_RETENTION_DAYS`` are pruned now and then by the processes
-    that store (never by one that only reads)."""
+    """The history store for these settings: texts sealed as the settings allow, and each
+    store of a device retiring that device's versions older than ``CONFIG_RETENTION_DAYS``."""
     from ray_backup.history.sealing import Sealer
 
     sealer = Sealer.from_settings(settings)

@@ -32,7 +32,7 @@ from ray_backup.history.base import HistoryLookupError, SectionChange, Stored, V
 from ray_backup.history.diffing import unified_diff
 from ray_backup.history.eventlog import import_event_log
 from ray_backup.history.rules import (
-    Retention,
+    KEEP_NEWEST,
     change_event,
     compare,
     match_ref,
@@ -57,9 +57,9 @@ class DirectoryHistory:
         self.output = Path(output).expanduser()
         self.root = self.output / HISTORY_DIR
         self.sealer = sealer or Sealer()
-        self.retention = Retention(retention_days)
+        self.retention_days = retention_days
         if import_log:
-            import_event_log(self.output, self.root, self._store)  # no pruning from a reader
+            import_event_log(self.output, self.root, self.store)
 
     def __repr__(self) -> str:
         return f"DirectoryHistory({str(self.root)!r}, {self.sealer!r})"
@@ -67,20 +67,18 @@ class DirectoryHistory:
     # ------------------------------------------------------------------ writing
 
     def store(self, snapshot: Snapshot) -> Stored:
-        stored = self._store(snapshot)
-        self.retention.maybe_prune(self.prune)
-        return stored
-
-    def _store(self, snapshot: Snapshot) -> Stored:
         ensure_dir(self.root)  # owner-only, like every level below it
         folder = ensure_dir(self._folder(snapshot.device_id))
         with _locked(folder):
             entries = _read_index(folder)
             newest = _version(entries[-1]) if entries else None
             outcome = verdict(snapshot, newest)
-            if outcome:
-                return Stored(outcome, newest)
-            return self._add(folder, snapshot, newest)
+            stored = Stored(outcome, newest) if outcome else self._add(folder, snapshot, newest)
+            # Each backup of a device retires its expired versions (the oldest comes first).
+            if self.retention_days and len(entries) >= KEEP_NEWEST \
+                    and _expired(entries[0], self.retention_days):
+                self._prune_device(folder, _cutoff(self.retention_days))
+            return stored
 
     def _add(self, folder: Path, snapshot: Snapshot, newest: Version | None) -> Stored:
         device, tenant = snapshot.device_id, snapshot.tenant_id
@@ -102,7 +100,7 @@ class DirectoryHistory:
         return Stored("new", version, change)
 
     def prune(self, retention_days: float) -> int:
-        cutoff = datetime.now(timezone.utc) - timedelta(days=retention_days)
+        cutoff = _cutoff(retention_days)
         deleted = 0
         for folder in self._folders():
             with _locked(folder):
@@ -111,8 +109,7 @@ class DirectoryHistory:
 
     def _prune_device(self, folder: Path, cutoff: datetime) -> int:
         entries = _read_index(folder)
-        # The newest version always stays, however old: it is the device's configuration.
-        gone = [e for e in entries[:-1] if parse_time(e["collected_at"]) < cutoff]
+        gone = [e for e in entries[:-KEEP_NEWEST] if parse_time(e["collected_at"]) < cutoff]
         if not gone:
             return 0
         gone_ids = {e["snapshot_id"] for e in gone}
@@ -204,6 +201,14 @@ class DirectoryHistory:
     def _read_text(self, folder: Path, version: Version) -> str:
         stored = (folder / "versions" / f"{version.snapshot_id}.rsc").read_text()
         return self.sealer.open(version.device_id, version.tenant_id, stored)
+
+
+def _cutoff(retention_days: float) -> datetime:
+    return datetime.now(timezone.utc) - timedelta(days=retention_days)
+
+
+def _expired(entry: dict, retention_days: float) -> bool:
+    return parse_time(entry["collected_at"]) < _cutoff(retention_days)
 
 
 def _pick(device_id: str, entries: list[dict], ref: str) -> Version:

@@ -8,10 +8,6 @@ newest one — even when the text equals an older version (A→B→A stores A ag
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -21,40 +17,9 @@ from ray_backup.history.mask import mask_secrets
 from ray_backup.history.sections import summarize
 from ray_backup.snapshot import Snapshot
 
-logger = logging.getLogger(__name__)
-
-# Retention runs from the processes that store (writers, the history sink), at most this
-# often each: no scheduler to deploy, and a prune that fails never fails a backup.
-PRUNE_EVERY_S = 6 * 3600.0
-
-
-class Retention:
-    """Calls ``prune(days)`` when due: on the first store of a process, then every few hours."""
-
-    def __init__(self, days: float | None, every_s: float = PRUNE_EVERY_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.days = days
-        self.every_s = every_s
-        self._clock = clock
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def maybe_prune(self, prune: Callable[[float], int]) -> None:
-        if not self.days:
-            return
-        with self._lock:
-            now = self._clock()
-            if now < self._next:
-                return
-            self._next = now + self.every_s
-        try:
-            deleted = prune(self.days)
-        except Exception as exc:  # the next round tries again; storing goes on
-            logger.warning("history retention: prune failed: %s", exc)
-            return
-        if deleted:
-            logger.info("history retention: deleted %d version(s) older than %g days",
-                        deleted, self.days)
+# Retention never deletes a device's newest version, nor the one before it: the latest
+# change keeps its diff and summary however long ago it happened.
+KEEP_NEWEST = 2
 
 
 def parse_time(value: str | datetime) -> datetime:
