@@ -132,9 +132,13 @@ class DirectoryHistory:
     # ------------------------------------------------------------------ reading
 
     def versions(self, device_id: str, limit: int | None = None) -> list[Version]:
+        if limit == 1:  # "does it have history", "the newest": the index's last line only
+            last = _last_line(self._folder(device_id) / INDEX)
+            return [_version(json.loads(last))] if last else []
         entries = _read_index(self._folder(device_id))
-        newest_first = [_version(e) for e in reversed(entries)]
-        return newest_first[:limit] if limit is not None else newest_first
+        if limit is not None:
+            entries = entries[-limit:] if limit > 0 else []
+        return [_version(e) for e in reversed(entries)]
 
     def text(self, device_id: str, snapshot_id: str | None = None) -> str:
         version = self._find(device_id, snapshot_id)
