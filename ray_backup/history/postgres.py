@@ -31,7 +31,7 @@ from ray_backup.history.base import (
 )
 from ray_backup.history.diffing import unified_diff
 from ray_backup.history.pgschema import missing_tables
-from ray_backup.history.rules import change_event, compare, match_ref, rfc3339, verdict
+from ray_backup.history.rules import KEEP_NEWEST, change_event, compare, match_ref, rfc3339, verdict
 from ray_backup.history.sealing import Sealer
 from ray_backup.inventory.postgres import CONNECT_TIMEOUT_S, psycopg_url
 from ray_backup.snapshot import Snapshot
@@ -47,32 +47,47 @@ SELECT id::text, device_id::text, tenant_id::text, sha256_hash, collected_at
 FROM router_config_snapshots WHERE device_id = %s
 ORDER BY collected_at DESC, created_at DESC LIMIT 1
 """
+# One round trip and one JSON document: each version with its diff's counts and its
+# changes in order, the time already in RFC 3339. Decoding one document is what keeps
+# 1,000 versions within milliseconds (see benchmarks/history_query.py).
 _VERSIONS = """
-SELECT s.id::text, s.device_id::text, s.tenant_id::text, s.sha256_hash, s.collected_at,
-       d.id, d.lines_added, d.lines_removed
-FROM router_config_snapshots s
-LEFT JOIN router_config_diffs d ON d.new_snapshot_id = s.id
-WHERE s.device_id = %s
-ORDER BY s.collected_at DESC, s.created_at DESC
-LIMIT %s
-"""
-_CHANGES = """
-SELECT diff_id, component, summary, coalesce(raw_line, '') FROM router_config_changes
-WHERE diff_id = ANY(%s) ORDER BY created_at, id
+SELECT coalesce(json_agg(json_build_array(
+           id, device_id, tenant_id, sha256_hash, collected, lines_added, lines_removed, changes)
+       ORDER BY collected_at DESC, created_at DESC), '[]')
+FROM (
+    SELECT s.id, s.device_id, s.tenant_id, s.sha256_hash, s.collected_at, s.created_at,
+           to_char(s.collected_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS collected,
+           d.lines_added, d.lines_removed,
+           (SELECT json_agg(json_build_array(c.component, c.summary, coalesce(c.raw_line, ''))
+                            ORDER BY c.created_at, c.id)
+            FROM router_config_changes c WHERE c.diff_id = d.id) AS changes
+    FROM router_config_snapshots s
+    LEFT JOIN router_config_diffs d ON d.new_snapshot_id = s.id
+    WHERE s.device_id = %s
+    ORDER BY s.collected_at DESC, s.created_at DESC
+    LIMIT %s
+) AS v
 """
 _LATEST = """
 SELECT DISTINCT ON (device_id) device_id::text, id::text FROM router_config_snapshots
 ORDER BY device_id, collected_at DESC, created_at DESC
 """
-# The newest version of each device stays whatever its age; diffs and changes that
-# touch a deleted version go with it (its foreign keys cascade too; this does not rely on it).
+# A device's two newest versions stay whatever their age (the newest is its configuration,
+# the one before keeps the latest change's diff); diffs and changes that touch a deleted
+# version go with it (its foreign keys cascade too; this does not rely on it).
+# {device} narrows it to one device (a store's own step), or is empty (all devices).
 _PRUNE = """
 WITH newest AS (
-    SELECT DISTINCT ON (device_id) id FROM router_config_snapshots
-    ORDER BY device_id, collected_at DESC, created_at DESC
+    SELECT id FROM (
+        SELECT id, row_number() OVER (PARTITION BY device_id
+                                      ORDER BY collected_at DESC, created_at DESC) AS n
+        FROM router_config_snapshots WHERE true {device}
+    ) AS ranked
+    WHERE n <= %(keep)s
 ), doomed AS (
     SELECT id FROM router_config_snapshots
-    WHERE collected_at < now() - make_interval(secs => %s) AND id NOT IN (SELECT id FROM newest)
+    WHERE collected_at < now() - make_interval(secs => %(seconds)s) {device}
+      AND id NOT IN (SELECT id FROM newest)
 ), doomed_diffs AS (
     SELECT id FROM router_config_diffs
     WHERE old_snapshot_id IN (SELECT id FROM doomed) OR new_snapshot_id IN (SELECT id FROM doomed)
@@ -83,14 +98,18 @@ WITH newest AS (
 )
 DELETE FROM router_config_snapshots WHERE id IN (SELECT id FROM doomed)
 """
+_PRUNE_ALL = _PRUNE.format(device="")
+_PRUNE_DEVICE = _PRUNE.format(device="AND device_id = %(device)s")
 
 
 class PostgresHistory:
     """``HistoryStore`` over the three ``router_config_*`` tables; one connection, one lock."""
 
-    def __init__(self, url: str, sealer: Sealer | None = None) -> None:
+    def __init__(self, url: str, sealer: Sealer | None = None,
+                 retention_days: float | None = None) -> None:
         self._url = psycopg_url(url)
         self.sealer = sealer or Sealer()
+        self.retention_days = retention_days
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
         self._layout: _Layout | None = None
@@ -110,17 +129,25 @@ class PostgresHistory:
                         (f"ray_backup.history:{device}",))
             newest = self._newest(cur, device)
             outcome = verdict(snapshot, newest)
-            if outcome:
-                return Stored(outcome, newest)
-            try:
-                return self._insert(cur, snapshot, newest)
-            except pg_errors.ForeignKeyViolation:
-                raise HistoryRejected(
-                    f"device {device}: not in the devices table for tenant {tenant} "
-                    "(the history tables require it)"
-                ) from None
+            stored = Stored(outcome, newest) if outcome else self._insert(cur, snapshot, newest)
+            if self.retention_days:
+                # Each backup of a device retires its expired versions: an index range
+                # scan under the lock already held, no fleet-wide job to schedule.
+                cur.execute(_PRUNE_DEVICE, {"seconds": self.retention_days * 86400.0,
+                                            "device": device, "keep": KEEP_NEWEST})
+            return stored
 
     def _insert(self, cur: psycopg.Cursor, snapshot: Snapshot, newest: Version | None) -> Stored:
+        try:
+            return self._insert_rows(cur, snapshot, newest)
+        except pg_errors.ForeignKeyViolation:
+            raise HistoryRejected(
+                f"device {snapshot.device_id}: not in the devices table for tenant "
+                f"{snapshot.tenant_id} (the history tables require it)"
+            ) from None
+
+    def _insert_rows(self, cur: psycopg.Cursor, snapshot: Snapshot,
+                     newest: Version | None) -> Stored:
         device, tenant = snapshot.device_id, snapshot.tenant_id
         cur.execute(
             "INSERT INTO router_config_snapshots (device_id, tenant_id, config_text, sha256_hash, "
@@ -160,24 +187,23 @@ class PostgresHistory:
             with self._transaction() as cur:
                 if tenant:
                     _set_tenant(cur, tenant)
-                cur.execute(_PRUNE, (retention_days * 86400.0,))
+                cur.execute(_PRUNE_ALL, {"seconds": retention_days * 86400.0, "keep": KEEP_NEWEST})
                 deleted += cur.rowcount
         return deleted
 
     # ------------------------------------------------------------------ reading
 
     def versions(self, device_id: str, limit: int | None = None) -> list[Version]:
-        device = _uuid(device_id, "device", HistoryLookupError)
+        try:
+            device = _uuid(device_id, "device", HistoryLookupError)
+        except HistoryLookupError:
+            return []  # a host name, say: no versions under that id (views try names next)
         with self._transaction(device) as cur:
             self._scope_to_device(cur, device)
-            rows = cur.execute(_VERSIONS, (device, limit)).fetchall()
-            diff_ids = [r[5] for r in rows if r[5] is not None]
-            sections: dict = {}
-            for diff_id, component, summary, raw in cur.execute(_CHANGES, (diff_ids,)):
-                sections.setdefault(diff_id, []).append(SectionChange(component, summary, raw))
-        return [Version(sid, dev, tenant, sha, rfc3339(at), added, removed,
-                        tuple(sections.get(diff_id, ())))
-                for sid, dev, tenant, sha, at, diff_id, added, removed in rows]
+            rows = cur.execute(_VERSIONS, (device, limit)).fetchone()[0]
+        return [Version(sid, dev, tenant, sha, at, added, removed,
+                        tuple(SectionChange(*change) for change in changes or ()))
+                for sid, dev, tenant, sha, at, added, removed, changes in rows]
 
     def text(self, device_id: str, snapshot_id: str | None = None) -> str:
         device = _uuid(device_id, "device", HistoryLookupError)
@@ -269,7 +295,7 @@ class PostgresHistory:
 
     def _scope_to_device(self, cur: psycopg.Cursor, device: str) -> None:
         """Reads under row-level security see the device's rows: act as its tenant."""
-        if self._layout.has_devices:
+        if self._layout.row_security and self._layout.has_devices:
             tenant = self._device_tenant(cur, device)
             if tenant:
                 _set_tenant(cur, tenant)
