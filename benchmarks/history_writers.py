@@ -79,6 +79,8 @@ class Fleet:
         self.changed = changed_percent / 100
         self.rng = random.Random(0)
         self.produced = 0
+        # Recent, so that no version is past CONFIG_RETENTION_DAYS (nothing is retired).
+        self.start = int(time.time()) - 86_400
 
     def next(self) -> tuple[str, bytes]:
         from ray_backup.snapshot import Snapshot
@@ -89,7 +91,7 @@ class Fleet:
         if self.seq[device] > 1 and self.rng.random() < self.changed:
             self.texts[device] += f"add address=203.0.113.{self.seq[device] % 250} list=new\n"
         text = self.texts[device]
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + self.seq[device]))
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.start + self.seq[device]))
         snapshot = Snapshot(device, TENANT, at, hashlib.sha256(text.encode()).hexdigest(), text, 2)
         return device, snapshot.to_json_bytes()
 
