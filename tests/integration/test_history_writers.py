@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 
 import pytest
@@ -20,18 +19,12 @@ from ray_backup.inventory.schema import init_db
 from ray_backup.settings import Settings
 from ray_backup.snapshot import Snapshot
 from tests.integration.conftest import wait_for
-from tests.support.history import capture_text, snapshot, variants
+from tests.support.history import at, capture_text, snapshot, variants
 from tests.support.services import consume_all
 
 pytestmark = pytest.mark.timeout(180)
 
 SECRET = "secret=hunter2-not-in-events"
-# Within CONFIG_RETENTION_DAYS: each store retires a device's expired versions.
-START = datetime.now(timezone.utc) - timedelta(days=1)
-
-
-def at(hours: float) -> str:
-    return (START + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @pytest.fixture(scope="module")
