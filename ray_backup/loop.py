@@ -49,7 +49,7 @@ class Permits(Protocol):
     """The SSH semaphore as the loop sees it."""
 
     async def acquire(self, holder: str, lease_s: float) -> Any: ...
-    async def release(self, lease: Any) -> None: ...
+    async def release(self, lease: Any, holder: str) -> None: ...
 
 
 class Clock(Protocol):
@@ -311,7 +311,7 @@ async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, 
         try:
             fetched, device = await in_thread(deps.collector.fetch, device)
             lease_held = False
-            await deps.permits.release(lease)
+            await deps.permits.release(lease, device.id)
             if isinstance(fetched, BackupResult):
                 return fetched, device
             return await in_thread(deps.collector.deliver, fetched), device
@@ -319,7 +319,7 @@ async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, 
             await in_thread(_release_quietly, lock, device.id)
     finally:
         if lease_held:
-            await deps.permits.release(lease)
+            await deps.permits.release(lease, device.id)
 
 
 def _release_quietly(lock: Any, device_id: str) -> None:

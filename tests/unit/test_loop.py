@@ -65,7 +65,7 @@ class FakePermits:
         self.held += 1
         return 1
 
-    async def release(self, lease):
+    async def release(self, lease, holder):
         self.held -= 1
 
 
