@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from ray_backup import constants as C
 from ray_backup import state as sm
 from ray_backup.backup import Collector
+from ray_backup.coordination.renewal import LockRenewer
 from ray_backup.models import BackupResult, Device, DeviceState
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,8 @@ async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, 
 
     The permit covers the SSH session only: it goes back before publishing, so a
     slow or absent broker never holds SSH capacity. The lock covers both, so one
-    device's snapshots are published in the order they were taken.
+    device's snapshots are published in the order they were taken; it is renewed
+    while they run, so it cannot expire under a slow backup.
     """
     lease = await deps.permits.acquire(device.id, deps.schedule.lease_s)
     lease_held = True
@@ -309,12 +311,13 @@ async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, 
             log.info("device %s: skipped, locked by another process", device.id)
             return BackupResult(device.id, C.STATUS_LOCKED), device
         try:
-            fetched, device = await in_thread(deps.collector.fetch, device)
-            lease_held = False
-            await deps.permits.release(lease, device.id)
-            if isinstance(fetched, BackupResult):
-                return fetched, device
-            return await in_thread(deps.collector.deliver, fetched), device
+            async with LockRenewer(lock, deps.schedule.lock_ttl, in_thread):
+                fetched, device = await in_thread(deps.collector.fetch, device)
+                lease_held = False
+                await deps.permits.release(lease, device.id)
+                if isinstance(fetched, BackupResult):
+                    return fetched, device
+                return await in_thread(deps.collector.deliver, fetched), device
         finally:
             await in_thread(_release_quietly, lock, device.id)
     finally:

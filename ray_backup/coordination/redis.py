@@ -83,6 +83,20 @@ class RedisLock(LockBase):
         except RedisError as exc:  # the key expires by its TTL
             self._owner._failed("release lock", exc)
 
+    def renew(self) -> bool:
+        """Reset the TTL if the key still holds our token (redis-py's Lua script)."""
+        if self._released:
+            return False
+        try:
+            self._lock.reacquire()
+        except LockError:  # LockNotOwnedError included: expired, maybe someone else's now
+            return False
+        except RedisError as exc:  # cannot tell; the next renewal may get through
+            self._owner._failed("renew lock", exc)
+            return True
+        self._owner._succeeded()
+        return True
+
 
 class RedisCoordinator:
     """Online gating, locks and state in Redis; degrades, never blocks, when Redis is down."""

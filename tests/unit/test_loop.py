@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import time
 
 import pytest
 
@@ -321,3 +322,26 @@ def test_a_manual_trigger_leaves_the_schedule_alone():
     loop.state.next_due = clock.now + 1000
     run(loop.tick(manual=True))
     assert loop.state.next_due == clock.now + 1000
+
+
+# -- the per-device lock outlives the backup it protects (issue 9, item 4e) -----------------
+
+
+def test_the_device_lock_is_renewed_while_a_long_backup_runs():
+    from ray_backup.coordination.local import LocalCoordinator
+
+    coordinator = LocalCoordinator()
+    seen = {}
+
+    class Slow(ScriptedCollector):
+        def fetch(self, device):
+            time.sleep(1.0)  # three times the lock's TTL
+            seen["taken_by_another"] = coordinator.acquire_lock(device.id, 10) is not None
+            return super().fetch(device)
+
+    loop, _ = make_loop(Slow("ok"), coordinator)
+    loop.deps.schedule = Schedule(interval=3600, jitter_min=0, jitter_max=0, lock_ttl=0.3,
+                                  lease_s=200)
+    assert run(loop.tick()).ok
+    assert seen == {"taken_by_another": False}
+    assert coordinator.acquire_lock(DEVICE.id, 10) is not None  # released after the backup
