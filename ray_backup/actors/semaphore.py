@@ -26,6 +26,11 @@ from ray_backup.coordination.leases import LeaseStore, StoredLease
 
 log = logging.getLogger(__name__)
 
+# After a failed store call, leases are kept in memory only for this long before the store
+# is tried again: a hung Redis would otherwise cost every grant a socket timeout, one
+# after another (the store has one thread).
+STORE_RETRY_S = 30.0
+
 
 @dataclass
 class _Lease:
@@ -63,6 +68,7 @@ class SSHSemaphore:
         self._refused = 0
         self._peak = 0
         self._reaper: asyncio.Task | None = None
+        self._store_down_until = 0.0
         if persist:
             store, restarted, quarantine_s = _from_environment()
         self._store = store
@@ -227,10 +233,15 @@ class SSHSemaphore:
                         "(the longest lease)", quarantine_s)
 
     async def _in_io(self, what: str, fn, *args) -> None:
+        if time.monotonic() < self._store_down_until:
+            return  # stored leases not deleted now run out by their expiry
         try:
             await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
         except Exception as exc:  # the cap holds in memory; only a restart would forget it
-            log.warning("ssh permit leases: could not %s in %s: %s", what, self._store, exc)
+            if time.monotonic() >= self._store_down_until:
+                log.warning("ssh permit leases: could not %s in %s (%s); kept in memory only "
+                            "for the next %.0f s", what, self._store, exc, STORE_RETRY_S)
+            self._store_down_until = time.monotonic() + STORE_RETRY_S
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():

@@ -187,3 +187,22 @@ def test_a_lease_counts_from_when_its_holder_gets_it_not_from_its_grant():
         assert left["b"] > 9.9
 
     run(main())
+
+
+def test_a_store_that_fails_is_not_waited_on_for_every_grant(caplog):
+    class HungStore(MemoryLeaseStore):
+        calls = 0
+
+        def put(self, lease_id, lease):
+            HungStore.calls += 1
+            time.sleep(0.3)  # a socket timeout
+            raise ConnectionError("redis hung")
+
+    async def main():
+        sem = SSHSemaphore(limit=10, store=HungStore())
+        leases = [await sem.acquire(f"d{i}", 60) for i in range(5)]
+        assert len(set(leases)) == 5 and sem.stats()["held"] == 5  # granted all the same
+        assert HungStore.calls == 1  # then left alone for a while
+
+    run(main())
+    assert caplog.text.count("kept in memory only") == 1
