@@ -102,6 +102,14 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def run_until_calls(loop, collector, calls):
+    """The timer loop on the fake clock until the collector was called ``calls`` times."""
+    loop.start()
+    while collector.calls < calls:
+        await asyncio.sleep(0)
+    await loop.stop(grace_s=1)
+
+
 def test_offline_device_is_skipped_without_ssh():
     collector = ScriptedCollector()
     loop, reports = make_loop(collector, FakeCoordinator(online=False))
@@ -155,14 +163,7 @@ def test_timer_loop_jitters_first_backup_then_keeps_the_interval():
     collector = ScriptedCollector("ok", "ok", "ok")
     loop, reports = make_loop(collector, clock=clock)
     start = clock.now
-
-    async def main():
-        loop.start()
-        while collector.calls < 3:
-            await asyncio.sleep(0)
-        await loop.stop(grace_s=1)
-
-    run(main())
+    run(run_until_calls(loop, collector, 3))
     first = reports[0]["last_attempt_at"]
     assert start + 30 <= first <= start + 300
     attempts = [r["last_attempt_at"] for r in reports]
@@ -295,14 +296,7 @@ def test_next_backup_is_one_interval_after_the_previous_due_time_not_after_it_en
     clock = FakeClock()
     collector = SlowCollector(clock, 100, "ok", "ok", "ok")
     loop, reports = make_loop(collector, clock=clock)
-
-    async def main():
-        loop.start()
-        while collector.calls < 3:
-            await asyncio.sleep(0)
-        await loop.stop(grace_s=1)
-
-    run(main())
+    run(run_until_calls(loop, collector, 3))
     attempts = [r["last_attempt_at"] for r in reports]
     assert [b - a for a, b in itertools.pairwise(attempts)] == [SCHEDULE.interval] * 2
 
