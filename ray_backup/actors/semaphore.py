@@ -20,6 +20,7 @@ import concurrent.futures
 import logging
 import secrets
 import time
+import warnings
 from dataclasses import dataclass
 
 from ray_backup.coordination.leases import LeaseStore, StoredLease
@@ -269,5 +270,7 @@ def _from_environment() -> tuple[LeaseStore | None, bool, float]:
 
     settings = Settings.load()
     store = RedisLeaseStore(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
-    restarted = ray.get_runtime_context().was_current_actor_reconstructed
+    with warnings.catch_warnings():  # Ray's property reads its own deprecated ``actor_id``
+        warnings.simplefilter("ignore", DeprecationWarning)
+        restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
     return store, restarted, schedule(settings).lease_s
