@@ -140,12 +140,6 @@ class SSHSemaphore:
             "holders": sorted(lease.holder for lease in self._leases.values()),
         }
 
-    def leases(self) -> dict[str, dict]:
-        """The held leases: holder and seconds left."""
-        now = time.monotonic()
-        return {lease_id: {"holder": lease.holder, "remaining_s": lease.expires - now}
-                for lease_id, lease in self._leases.items()}
-
     def reset_peak(self) -> None:
         self._peak = len(self._leases)
 
