@@ -112,7 +112,10 @@ class SSHSemaphore:
             whose = "unknown or expired" if lease is None else f"held by {lease.holder}"
             log.warning("ssh permit %s: release by %s refused (%s)", lease_id, holder, whose)
             return False
-        self._drop(lease_id)
+        self._drop(lease_id, forget=False)
+        # Awaited: once the holder has its answer the lease is gone from the store too, so
+        # a job stopped right after its devices does not leave it for the next one.
+        await self._forget(lease_id)
         return True
 
     async def set_limits(self, limit: int | None = None,
@@ -186,14 +189,16 @@ class SSHSemaphore:
         else:
             self._drop(lease_id)
 
-    def _drop(self, *lease_ids: str) -> None:
+    def _drop(self, *lease_ids: str, forget: bool = True) -> None:
         for lease_id in lease_ids:
             self._leases.pop(lease_id, None)
-        if self._store is not None and lease_ids:
-            asyncio.get_running_loop().create_task(
-                self._in_io("forget", self._store.delete, *lease_ids)
-            )
+        if forget and lease_ids and self._store is not None:
+            asyncio.get_running_loop().create_task(self._forget(*lease_ids))
         self._serve()
+
+    async def _forget(self, *lease_ids: str) -> None:
+        if self._store is not None:
+            await self._in_io("forget", self._store.delete, *lease_ids)
 
     async def _pace(self) -> None:
         if self._rate <= 0:
