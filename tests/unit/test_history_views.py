@@ -1,0 +1,194 @@
+"""The history views' logic and formatting, over a small in-memory store (the stores have their own tests)."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import io
+
+import pytest
+
+from ray_backup.history import commands
+from ray_backup.history.base import HistoryLookupError, SectionChange, Version
+from ray_backup.history.views import HistoryViews, NoHistory, sectioned
+
+ROUTER_A = "a1b2c3d4-0000-4000-8000-000000000001"
+ROUTER_B = "b1b2c3d4-0000-4000-8000-000000000002"
+ROUTER_C = "c1b2c3d4-0000-4000-8000-000000000003"
+
+
+class MemoryStore:
+    """The HistoryStore protocol in a dict: versions newest first, diffs made on demand."""
+
+    def __init__(self) -> None:
+        self._versions: dict[str, list[Version]] = {}
+        self._texts: dict[str, str] = {}
+
+    def add(self, device_id: str, text: str, at: str, sections=()) -> Version:
+        previous = self._versions.get(device_id, [])
+        n = len(previous)
+        counts = _counts(self._texts[previous[0].snapshot_id], text) if previous else (None, None)
+        version = Version(f"{n:02d}{device_id[:6]}-{hashlib.sha256(text.encode()).hexdigest()[:20]}",
+                          device_id, None, hashlib.sha256(text.encode()).hexdigest(), at,
+                          *counts, tuple(sections))
+        self._versions[device_id] = [version, *previous]
+        self._texts[version.snapshot_id] = text
+        return version
+
+    def versions(self, device_id, limit=None):
+        return list(self._versions.get(device_id, [])[:limit])
+
+    def text(self, device_id, snapshot_id=None):
+        return self._texts[snapshot_id or self._versions[device_id][0].snapshot_id]
+
+    def resolve(self, device_id, ref):
+        found = [v.snapshot_id for v in self._versions.get(device_id, [])
+                 if len(ref) >= 8 and v.snapshot_id.startswith(ref)]
+        if len(found) != 1:
+            raise HistoryLookupError(f"snapshot {ref!r}: {len(found)} matches")
+        return found[0]
+
+    def diff(self, device_id, old_id, new_id):
+        return "".join(difflib.unified_diff(self._texts[old_id].splitlines(keepends=True),
+                                            self._texts[new_id].splitlines(keepends=True),
+                                            fromfile=old_id, tofile=new_id))
+
+    def latest(self):
+        return [(d, vs[0].snapshot_id) for d, vs in self._versions.items()]
+
+    def close(self):
+        pass
+
+
+def _counts(old: str, new: str) -> tuple[int, int]:
+    lines = list(difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm=""))[2:]
+    return (sum(x.startswith("+") for x in lines), sum(x.startswith("-") for x in lines))
+
+
+CONFIG_1 = ("/interface wireless security-profiles\n"
+            "set [ find default=yes ] wpa2-pre-shared-key=hunter22 mode=dynamic-keys\n"
+            "/ip address\nadd address=10.0.0.1/24 interface=ether1\n"
+            "/user\nadd name=backup password=s3cret group=read\n")
+CONFIG_2 = CONFIG_1.replace("add address=10.0.0.1/24 interface=ether1\n",
+                            "add address=10.0.0.1/24 interface=ether1\n"
+                            "add address=10.0.0.2/24 interface=ether2\n")
+CONFIG_3 = CONFIG_2.replace("password=s3cret", "password=n3w-s3cret")
+
+
+@pytest.fixture
+def store():
+    s = MemoryStore()
+    s.add(ROUTER_A, CONFIG_1, "2026-11-30T10:00:00Z")
+    s.add(ROUTER_A, CONFIG_2, "2026-11-30T11:00:00Z",
+          [SectionChange("ip/address", "Added 1 address")])
+    s.add(ROUTER_A, CONFIG_3, "2026-11-30T12:00:00Z", [SectionChange("user", "Modified 1 user")])
+    s.add(ROUTER_B, CONFIG_1, "2026-11-30T10:00:01Z")
+    return s
+
+
+NAMES = {ROUTER_A: "core-1", ROUTER_B: "edge-1", ROUTER_C: "edge-1"}
+
+
+def test_a_device_is_named_by_id_or_by_a_unique_hostname(store):
+    views = HistoryViews(store, NAMES)
+    assert views.device(ROUTER_A) == views.device("core-1") == ROUTER_A
+    with pytest.raises(HistoryLookupError, match="hostname of 2 devices"):
+        views.device("edge-1")
+    with pytest.raises(HistoryLookupError, match="no such device id or hostname"):
+        views.device("nowhere")
+
+
+def test_without_an_inventory_only_ids_name_devices_and_it_is_never_read_for_an_id(store):
+    def unreadable():
+        raise AssertionError("the inventory was read for a device given by id")
+
+    assert HistoryViews(store, unreadable).versions(ROUTER_A)[0].lines_added == 1
+    with pytest.raises(HistoryLookupError, match="in the history$"):
+        HistoryViews(store).device("core-1")
+
+
+def test_a_known_device_without_versions_is_no_history_not_bad_input(store):
+    with pytest.raises(NoHistory, match="no configuration history"):
+        HistoryViews(store, NAMES).versions(ROUTER_C)
+
+
+def test_diff_defaults_to_the_last_two_versions_and_masks_secrets(store):
+    change = HistoryViews(store).diff(ROUTER_A)
+    assert change.old.collected_at == "2026-11-30T11:00:00Z"
+    assert "-add name=backup password=*** group=read" in change.text
+    assert "s3cret" not in change.text and "hunter22" not in change.text
+    shown = HistoryViews(store, show_secrets=True).diff(ROUTER_A)
+    assert "+add name=backup password=n3w-s3cret group=read" in shown.text
+
+
+def test_diff_takes_ids_or_prefixes_and_new_defaults_to_the_newest(store):
+    oldest, middle, newest = reversed(store.versions(ROUTER_A))
+    views = HistoryViews(store)
+    change = views.diff(ROUTER_A, oldest.snapshot_id[:8])
+    assert (change.old, change.new) == (oldest, newest)
+    change = views.diff(ROUTER_A, None, middle.snapshot_id)  # NEW alone: against the one before it
+    assert (change.old, change.new) == (oldest, middle)
+    assert "+add address=10.0.0.2/24 interface=ether2" in change.text
+    with pytest.raises(HistoryLookupError):
+        views.diff(ROUTER_A, "0")  # shorter than 8 characters
+
+
+def test_a_first_version_has_nothing_to_diff_with(store):
+    with pytest.raises(NoHistory, match="first version"):
+        HistoryViews(store).diff(ROUTER_B)
+
+
+def test_show_gives_the_newest_text_masked_unless_asked(store):
+    version, text = HistoryViews(store).text(ROUTER_A)
+    assert version.collected_at == "2026-11-30T12:00:00Z"
+    assert "password=***" in text and "wpa2-pre-shared-key=***" in text
+    assert "n3w-s3cret" in HistoryViews(store, show_secrets=True).text(ROUTER_A)[1]
+
+
+def test_search_names_device_and_section_of_every_match_on_the_newest_versions(store):
+    hits = list(HistoryViews(store, NAMES).search(r"address=10\.0\.0\.1/"))
+    assert [(h.hostname, h.section, h.line) for h in hits] == [
+        ("core-1", "/ip address", "add address=10.0.0.1/24 interface=ether1"),
+        ("edge-1", "/ip address", "add address=10.0.0.1/24 interface=ether1"),
+    ]
+    assert list(HistoryViews(store).search("10.0.0.2/")) == list(HistoryViews(store).search("ether2"))
+    assert list(HistoryViews(store).search("s3cret")) == []  # secrets are masked before matching
+    with pytest.raises(HistoryLookupError, match="search pattern"):
+        list(HistoryViews(store).search("(unclosed"))
+
+
+def test_sectioned_lines_belong_to_the_nearest_path_above():
+    text = "# a comment\n/ip address\nadd address=1\n\n/user\nset a\n"
+    assert list(sectioned(text)) == [("", "# a comment"), ("/ip address", "/ip address"),
+                                      ("/ip address", "add address=1"), ("/user", "/user"),
+                                      ("/user", "set a")]
+
+
+def test_history_lines_show_counts_and_sections_and_the_first_version(store):
+    lines = list(commands.format_history(store.versions(ROUTER_A)))
+    assert lines[0].split() == ["SNAPSHOT", "COLLECTED", "(UTC)", "ADDED", "REMOVED", "SECTIONS"]
+    assert lines[1].split()[2:] == ["+1", "-1", "user:", "Modified", "1", "user"]
+    assert lines[2].split()[2:] == ["+1", "-0", "ip/address:", "Added", "1", "address"]
+    assert lines[3].endswith("first version")
+
+
+def test_diff_colours_as_git_only_when_asked(store):
+    change = HistoryViews(store).diff(ROUTER_A)
+    plain = commands.format_diff(change, "core-1")
+    assert "\033[" not in plain and plain.startswith("diff core-1: ")
+    coloured = commands.format_diff(change, "core-1", colour=True)
+    assert "\033[32m+add name=backup password=*** group=read\033[m\n" in coloured
+    assert "\033[31m-add name=backup password=*** group=read\033[m\n" in coloured
+    assert "\033[36m@@ " in coloured
+
+
+def test_colour_auto_follows_the_terminal_and_no_color(monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert commands.use_colour("auto", Tty()) and not commands.use_colour("auto", io.StringIO())
+    assert commands.use_colour("always", io.StringIO()) and not commands.use_colour("never", Tty())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not commands.use_colour("auto", Tty())
