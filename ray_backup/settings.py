@@ -200,6 +200,8 @@ class Settings:
     logins_per_second: float = _setting("CONFIG_BACKUP_LOGINS_PER_SECOND", 0.0, _non_negative_float)
     max_output_bytes: int = _setting("CONFIG_BACKUP_MAX_OUTPUT_BYTES", 16 * 1024 * 1024, _positive_int)
     export_mode: str = _setting("CONFIG_BACKUP_EXPORT_MODE", "show-sensitive", _export_mode)
+    # Days the history keeps versions; a device's newest version is never deleted.
+    config_retention_days: float = _setting("CONFIG_RETENTION_DAYS", 90.0, _positive_float)
     device_refresh: float = _setting("DEVICE_REFRESH_SECONDS", 60.0, _positive_float)
     credential_cache_ttl: float = _setting("CREDENTIAL_CACHE_TTL", 300.0, _non_negative_float)
     log_level: str = _setting("RAY_BACKUP_LOG_LEVEL", "INFO", _log_level)

@@ -1,8 +1,9 @@
-"""OpenBao/Vault Transit: decrypt ``vault:v1:…`` ciphertexts with a per-tenant key.
+"""OpenBao/Vault Transit: ``vault:v1:…`` ciphertexts with a per-tenant key.
 
 One HTTP call per decryption (``POST /v1/<mount>/decrypt/<key>``); the resolver's
-cache keeps that rare. Errors name the HTTP status and the server's own error
-text, never the token or the plaintext.
+cache keeps that rare. The history encrypts stored configurations the same way
+(``POST /v1/<mount>/encrypt/<key>``), as the-other-dude does. Errors name the
+HTTP status and the server's own error text, never the token or the plaintext.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def is_transit_ciphertext(value: str | None) -> bool:
 
 
 class TransitClient:
-    """A minimal Transit client: decrypt only, standard library HTTP."""
+    """A minimal Transit client: encrypt and decrypt, standard library HTTP."""
 
     def __init__(
         self,
@@ -89,6 +90,17 @@ class TransitClient:
             return base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise CredentialsError(f"{what}: plaintext is not base64") from None
+
+    def encrypt(self, tenant_id: str, plaintext: bytes) -> str:
+        """The ``vault:v…`` ciphertext of ``plaintext`` under the tenant's key."""
+        key = self.key_name(tenant_id)
+        what = f"OpenBao Transit encrypt with key {key!r} at {self.addr}"
+        path = f"encrypt/{urllib.parse.quote(key, safe='')}"
+        body = self._post(path, {"plaintext": base64.b64encode(plaintext).decode()}, what)
+        ciphertext = _dig(body, "data", "ciphertext")
+        if not is_transit_ciphertext(ciphertext):
+            raise CredentialsError(f"{what}: no ciphertext in the reply")
+        return ciphertext
 
     def decrypt_credentials(self, tenant_id: str, ciphertext: str) -> Credentials:
         return parse_credentials(self.decrypt(tenant_id, ciphertext), "Transit")
