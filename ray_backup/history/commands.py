@@ -83,26 +83,36 @@ def run(fn, args) -> int:
 
 def format_history(versions: list[Version]) -> Iterator[str]:
     """One line per version: short id, time, lines added/removed, section summaries."""
-    yield f"{'SNAPSHOT':<12}  {'COLLECTED (UTC)':<20}  {'ADDED':>5}  {'REMOVED':>7}  SECTIONS"
+    width = short_width([v.snapshot_id for v in versions])
+    yield f"{'SNAPSHOT':<{width}}  {'COLLECTED (UTC)':<20}  {'ADDED':>5}  {'REMOVED':>7}  SECTIONS"
     for v in versions:
         if v.lines_added is None:
             counts, sections = f"{'':>5}  {'':>7}", "first version"
         else:
             counts = f"{'+' + str(v.lines_added):>5}  {'-' + str(v.lines_removed):>7}"
             sections = "; ".join(f"{s.component}: {s.summary}" for s in v.sections) or "-"
-        yield f"{v.snapshot_id[:12]:<12}  {v.collected_at:<20}  {counts}  {sections}"
+        yield f"{v.snapshot_id[:width]:<{width}}  {v.collected_at:<20}  {counts}  {sections}"
 
 
 def format_diff(change: DiffView, label: str, colour: bool = False) -> str:
     """The unified diff with a line naming both versions; git's colours when asked."""
-    head = (f"diff {label}: {change.old.snapshot_id[:12]} ({change.old.collected_at}) → "
-            f"{change.new.snapshot_id[:12]} ({change.new.collected_at})\n")
+    width = short_width([change.old.snapshot_id, change.new.snapshot_id])
+    head = (f"diff {label}: {change.old.snapshot_id[:width]} ({change.old.collected_at}) → "
+            f"{change.new.snapshot_id[:width]} ({change.new.collected_at})\n")
     body = change.text or "(no change)"
     body += "" if body.endswith("\n") else "\n"
     if not colour:
         return head + body
     return _paint(head, "header") + "".join(_paint_line(line)
                                             for line in body.splitlines(keepends=True))
+
+
+def short_width(ids: list[str], least: int = 8) -> int:
+    """How many leading characters tell these ids apart (at least 8, what `diff` accepts)."""
+    width = least
+    while len({i[:width] for i in ids}) < len(set(ids)):
+        width += 1
+    return width
 
 
 def format_hit(hit: Hit) -> str:

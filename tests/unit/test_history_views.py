@@ -192,3 +192,8 @@ def test_colour_auto_follows_the_terminal_and_no_color(monkeypatch):
     assert commands.use_colour("always", io.StringIO()) and not commands.use_colour("never", Tty())
     monkeypatch.setenv("NO_COLOR", "1")
     assert not commands.use_colour("auto", Tty())
+
+
+def test_short_ids_are_eight_characters_unless_more_are_needed_to_tell_them_apart():
+    assert commands.short_width(["e8ee71ba-3a58", "244f80fc-36b6"]) == 8
+    assert commands.short_width(["e8ee71ba-3a58", "e8ee71ba-3a77", "e8ee71ba-3a58"]) == 12
