@@ -119,7 +119,7 @@ def cmd_db_init(args) -> int:
     if not url:
         raise ConfigError("DATABASE_URL: not set (or pass --database-url)")
     init_db(url)
-    print("devices table ready")
+    print("devices and history tables ready")
     return EXIT_OK
 
 

@@ -30,6 +30,13 @@ class HistoryRejected(RayBackupError, ValueError):
     kind = PUBLISH_FAILED
 
 
+class HistoryUnavailable(RayBackupError, ConnectionError):
+    """The store cannot be reached now (database down, connection lost); retry later.
+    Nothing was stored: a writer keeps the message and its offset."""
+
+    kind = PUBLISH_FAILED
+
+
 @dataclass(frozen=True)
 class SectionChange:
     """One RouterOS section's part of a diff: ``ip/firewall/filter``, "Added 2 filter rules"."""
