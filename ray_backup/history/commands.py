@@ -3,7 +3,8 @@
 Each command opens the store the settings name (``--output`` when given, else
 ``DATABASE_URL``, else ``./backups``), answers, and closes it. No Ray: these run
 where the operator is, against the directory or database the job writes.
-Exit codes: 0 found, 1 nothing found (no history, no match), 2 bad input.
+Exit codes: 0 found, 1 nothing found (no history, no match) or the store could not
+answer (database down), 2 bad input (unknown or ambiguous device or snapshot).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ray_backup.errors import ConfigError
+from ray_backup.errors import ConfigError, RayBackupError
 from ray_backup.history.base import HistoryLookupError, Version
 from ray_backup.history.views import DiffView, HistoryViews, Hit, NoHistory, inventory_names
 
@@ -76,6 +77,11 @@ def run(fn, args) -> int:
     except HistoryLookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ConfigError:
+        raise  # bad settings: the CLI's own handling, exit 2
+    except RayBackupError as exc:  # the store cannot answer: database down, a text it cannot open
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOTHING
 
 
 # -- formatting ---------------------------------------------------------------------------

@@ -72,7 +72,7 @@ class HistoryViews:
 
     def device(self, ref: str) -> str:
         """A device id from an id or a unique hostname; ``HistoryLookupError`` otherwise."""
-        if self.store.versions(ref, limit=1) or ref in self.names:
+        if self._has_history(ref) or ref in self.names:
             return ref
         matches = sorted(i for i, name in self.names.items() if name == ref)
         if len(matches) == 1:
@@ -82,6 +82,12 @@ class HistoryViews:
                                      f"({', '.join(matches)}); give the device id")
         where = "in the history or the inventory" if self.names else "in the history"
         raise HistoryLookupError(f"device {ref!r}: no such device id or hostname {where}")
+
+    def _has_history(self, ref: str) -> bool:
+        try:
+            return bool(self.store.versions(ref, limit=1))
+        except HistoryLookupError:  # not even a device id to this store (PostgreSQL: not a UUID)
+            return False
 
     def label(self, device_id: str) -> str:
         name = self.names.get(device_id)

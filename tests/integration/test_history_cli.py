@@ -7,12 +7,14 @@ devices get the same new address. Every view is then run as an operator runs it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ray_backup.simulator import Simulator, make_fleet, secret_marker, write_inventory_yaml
@@ -31,9 +33,9 @@ def cli_env() -> dict[str, str]:
     return {**env, "RAY_ADDRESS": "", "CONFIG_BACKUP_COMMAND_TIMEOUT": "10"}
 
 
-def ray_backup(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray-backup"), *args], env=cli_env(), capture_output=True,
-                          text=True, timeout=240, cwd=cwd)
+def ray_backup(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray-backup"), *args], env={**cli_env(), **env},
+                          capture_output=True, text=True, timeout=240, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +156,59 @@ def test_no_history_is_exit_1_and_the_views_never_import_ray(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
+
+
+# -- PostgreSQL mode: DATABASE_URL set, no --output ----------------------------------------
+
+KEY = base64.b64encode(bytes(range(32))).decode()
+TENANT = "22222222-2222-4222-8222-222222222222"
+
+
+@pytest.fixture
+def pg_history(pg_url, tmp_path):
+    """Two devices in the devices table; one with two versions, both with a secret; AES at rest."""
+    from ray_backup.history.postgres import PostgresHistory
+    from ray_backup.history.sealing import Sealer
+    from ray_backup.inventory.schema import add_device, init_db
+    from tests.support.history import at, capture_text, insert_after, snapshot
+
+    init_db(pg_url)
+    ids = [add_device(pg_url, "127.0.0.1", "admin", "pw", KEY, tenant_id=TENANT, hostname=name)
+           for name in ("core-pg", "edge-pg")]
+    base = insert_after(capture_text(), "/ip address", "add address=10.7.7.7/24 comment=pw password=hunter22")
+    changed = insert_after(base, "/ip address", "add address=10.9.9.9/24 interface=bridge")
+    store = PostgresHistory(pg_url, Sealer(key_b64=KEY))
+    try:
+        store.store(snapshot(base, at(0), device=ids[0], tenant=TENANT))
+        store.store(snapshot(changed, at(1), device=ids[0], tenant=TENANT))
+        store.store(snapshot(changed, at(0), device=ids[1], tenant=TENANT))
+    finally:
+        store.close()
+    env = {"DATABASE_URL": pg_url, "CREDENTIAL_ENCRYPTION_KEY": KEY}
+    return ids, env, tmp_path
+
+
+def test_views_read_postgresql_when_database_url_is_set(pg_history, pg_url):
+    ids, env, cwd = pg_history
+    done = ray_backup("history", "core-pg", "--json", cwd=cwd, **env)  # hostname: the devices table
+    assert done.returncode == 0, done.stderr
+    newest, first = map(json.loads, done.stdout.splitlines())
+    assert (newest["lines_added"], first["lines_added"]) == (1, None)
+    diff = ray_backup("diff", "core-pg", cwd=cwd, **env)
+    assert "+add address=10.9.9.9/24 interface=bridge" in diff.stdout.splitlines(), diff.stderr
+    found = ray_backup("search", r"10\.9\.9\.9/", "--json", cwd=cwd, **env)
+    assert sorted(json.loads(h)["hostname"] for h in found.stdout.splitlines()) == ["core-pg", "edge-pg"]
+    shown = ray_backup("show", ids[1], cwd=cwd, **env)
+    assert "password=***" in shown.stdout and "hunter22" not in shown.stdout
+    assert "hunter22" in ray_backup("show", ids[1], "--show-secrets", cwd=cwd, **env).stdout
+    with psycopg.connect(pg_url) as conn:  # and at rest it is not plaintext
+        texts = [r[0] for r in conn.execute("SELECT config_text FROM router_config_snapshots")]
+    assert len(texts) == 3 and not any("hunter22" in t or "/ip address" in t for t in texts)
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path):
+    down = "postgresql://postgres@127.0.0.1:1/nothing"
+    done = ray_backup("history", "a1b2c3d4-0000-4000-8000-000000000001", cwd=tmp_path,
+                      DATABASE_URL=down)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "unavailable" in done.stderr
