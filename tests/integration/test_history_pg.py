@@ -179,6 +179,9 @@ def test_tenant_must_match_the_devices_table(history, db, base):
 def test_unknown_device_and_bad_ids_are_clear_errors(history, base):
     with pytest.raises(HistoryLookupError, match="no history"):
         history.text(DEVICE)
+    assert history.versions("router-1") == []  # views then look the name up
+    with pytest.raises(HistoryLookupError, match="not a UUID"):
+        history.text("router-1")
     with pytest.raises(HistoryRejected, match="not a UUID"):
         history.store(snapshot(base, at(0), device="router-1"))
 
