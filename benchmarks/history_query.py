@@ -117,22 +117,26 @@ def postgres_url(server_url: str) -> Iterator[str]:
         yield url
 
 
-def cli_history(output: Path, repeats: int) -> dict | None:
+def cli_history(where: list[str], repeats: int, **env: str) -> dict | None:
+    """``ray-backup history DEVICE --json`` as a whole process; ``where``: ``--output DIR`` or
+    nothing (``env`` then names the database)."""
     exe = shutil.which("ray-backup") or str(Path(sys.executable).with_name("ray-backup"))
     probe = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
     if " history" not in probe.stdout:
         return None  # the views are not merged into this tree yet
-    argv = [exe, "history", DEVICE, "--output", str(output), "--json"]
+    argv = [exe, "history", DEVICE, *where, "--json"]
     runs = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run(argv, capture_output=True, check=True, env=bl.clean_env())
+        subprocess.run(argv, capture_output=True, check=True, env=bl.clean_env(**env))
         runs.append((time.perf_counter() - started) * 1000)
     return {"median_ms": round(statistics.median(runs), 1), "runs_ms": [round(r, 1) for r in runs]}
 
 
 def run(args: argparse.Namespace) -> dict:
-    sealer = Sealer() if args.plaintext else Sealer(key_b64=base64.b64encode(os.urandom(32)).decode())
+    key = None if args.plaintext else base64.b64encode(os.urandom(32)).decode()
+    sealer = Sealer(key_b64=key)
+    key_env = {"CREDENTIAL_ENCRYPTION_KEY": key} if key else {}  # how the CLI gets the key
     results: dict = {}
     stores = args.stores.split(",")
     if "postgres" in stores:
@@ -144,14 +148,15 @@ def run(args: argparse.Namespace) -> dict:
             finally:
                 store.close()
             print("postgres", results["postgres"], flush=True)
+            results["cli_history_postgres"] = cli_history([], args.cli_repeats, DATABASE_URL=url,
+                                                          **key_env)
     if "directory" in stores:
         workdir = Path(tempfile.mkdtemp(prefix="rb-bench-history-"))
         try:
             results["directory"] = measure(DirectoryHistory(workdir, sealer), args)
             print("directory", results["directory"], flush=True)
-            # The CLI reads the key from the environment; measure it on a plaintext copy.
-            if args.plaintext:
-                results["cli_history"] = cli_history(workdir, args.cli_repeats)
+            results["cli_history"] = cli_history(["--output", str(workdir)], args.cli_repeats,
+                                                 **key_env)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     return {"versions": args.versions, "config_bytes": args.config_bytes,
@@ -161,16 +166,17 @@ def run(args: argparse.Namespace) -> dict:
 def table(doc: dict) -> str:
     rows = []
     for store, found in doc["results"].items():
-        if store == "cli_history" or not found:
+        if store.startswith("cli_history") or not found:
             continue
         rows.append([store, doc["versions"], doc["encryption"], found["versions"]["median_ms"],
                      found["diff_last_two"]["median_ms"], found["text_newest"]["median_ms"],
                      found["store_ms_per_version"]])
     out = bl.markdown_table(["store", "versions", "at rest", "versions() ms", "diff() ms",
                              "text() ms", "store() ms/version"], rows)
-    cli = doc["results"].get("cli_history")
-    if cli:
-        out += f"\n\n`ray-backup history --json` (directory): median {cli['median_ms']} ms"
+    for key, store in (("cli_history_postgres", "PostgreSQL"), ("cli_history", "directory")):
+        cli = doc["results"].get(key)
+        if cli:
+            out += f"\n\n`ray-backup history --json` ({store}): median {cli['median_ms']} ms"
     return out
 
 
