@@ -1,68 +1,20 @@
-"""The history views' logic and formatting, over a small in-memory store (the stores have their own tests)."""
+"""The history views' logic and formatting, over a directory store in a temporary directory."""
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import io
 
 import pytest
 
 from ray_backup.history import commands
-from ray_backup.history.base import HistoryLookupError, SectionChange, Version
+from ray_backup.history.base import HistoryLookupError
+from ray_backup.history.directory import DirectoryHistory
 from ray_backup.history.views import HistoryViews, NoHistory, sectioned
+from tests.support.history import snapshot
 
 ROUTER_A = "a1b2c3d4-0000-4000-8000-000000000001"
 ROUTER_B = "b1b2c3d4-0000-4000-8000-000000000002"
 ROUTER_C = "c1b2c3d4-0000-4000-8000-000000000003"
-
-
-class MemoryStore:
-    """The HistoryStore protocol in a dict: versions newest first, diffs made on demand."""
-
-    def __init__(self) -> None:
-        self._versions: dict[str, list[Version]] = {}
-        self._texts: dict[str, str] = {}
-
-    def add(self, device_id: str, text: str, at: str, sections=()) -> Version:
-        previous = self._versions.get(device_id, [])
-        n = len(previous)
-        counts = _counts(self._texts[previous[0].snapshot_id], text) if previous else (None, None)
-        version = Version(f"{n:02d}{device_id[:6]}-{hashlib.sha256(text.encode()).hexdigest()[:20]}",
-                          device_id, None, hashlib.sha256(text.encode()).hexdigest(), at,
-                          *counts, tuple(sections))
-        self._versions[device_id] = [version, *previous]
-        self._texts[version.snapshot_id] = text
-        return version
-
-    def versions(self, device_id, limit=None):
-        return list(self._versions.get(device_id, [])[:limit])
-
-    def text(self, device_id, snapshot_id=None):
-        return self._texts[snapshot_id or self._versions[device_id][0].snapshot_id]
-
-    def resolve(self, device_id, ref):
-        found = [v.snapshot_id for v in self._versions.get(device_id, [])
-                 if len(ref) >= 8 and v.snapshot_id.startswith(ref)]
-        if len(found) != 1:
-            raise HistoryLookupError(f"snapshot {ref!r}: {len(found)} matches")
-        return found[0]
-
-    def diff(self, device_id, old_id, new_id):
-        return "".join(difflib.unified_diff(self._texts[old_id].splitlines(keepends=True),
-                                            self._texts[new_id].splitlines(keepends=True),
-                                            fromfile=old_id, tofile=new_id))
-
-    def latest(self):
-        return [(d, vs[0].snapshot_id) for d, vs in self._versions.items()]
-
-    def close(self):
-        pass
-
-
-def _counts(old: str, new: str) -> tuple[int, int]:
-    lines = list(difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm=""))[2:]
-    return (sum(x.startswith("+") for x in lines), sum(x.startswith("-") for x in lines))
 
 
 CONFIG_1 = ("/interface wireless security-profiles\n"
@@ -76,14 +28,15 @@ CONFIG_3 = CONFIG_2.replace("password=s3cret", "password=n3w-s3cret")
 
 
 @pytest.fixture
-def store():
-    s = MemoryStore()
-    s.add(ROUTER_A, CONFIG_1, "2026-11-30T10:00:00Z")
-    s.add(ROUTER_A, CONFIG_2, "2026-11-30T11:00:00Z",
-          [SectionChange("ip/address", "Added 1 address")])
-    s.add(ROUTER_A, CONFIG_3, "2026-11-30T12:00:00Z", [SectionChange("user", "Modified 1 user")])
-    s.add(ROUTER_B, CONFIG_1, "2026-11-30T10:00:01Z")
-    return s
+def store(tmp_path):
+    s = DirectoryHistory(tmp_path)
+    for device, text, at in [(ROUTER_A, CONFIG_1, "2026-11-30T10:00:00Z"),
+                             (ROUTER_A, CONFIG_2, "2026-11-30T11:00:00Z"),
+                             (ROUTER_A, CONFIG_3, "2026-11-30T12:00:00Z"),
+                             (ROUTER_B, CONFIG_1, "2026-11-30T10:00:01Z")]:
+        s.store(snapshot(text, at, device=device))
+    yield s
+    s.close()
 
 
 NAMES = {ROUTER_A: "core-1", ROUTER_B: "edge-1", ROUTER_C: "edge-1"}
