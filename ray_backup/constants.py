@@ -8,9 +8,12 @@ SUPERVISOR_NAME = "supervisor"
 SEMAPHORE_NAME = "ssh-semaphore"
 DEVICE_ACTOR_PREFIX = "device:"
 DEVICE_GROUP_PREFIX = "devices:"
+HISTORY_WRITER_PREFIX = "history-writer-"  # + 0, 1, ...: the history writer actors
 
 # Kafka
 DEFAULT_TOPIC = "config.snapshots"
+DEFAULT_CHANGES_TOPIC = "config.changes"  # one event per new version with a diff
+DEFAULT_HISTORY_GROUP = "ray-backup-history"  # the history writers' consumer group
 
 # Redis. The first two are the reference scheduler's keys and are shared with
 # other systems (the poller writes the status key), so they carry no prefix.
@@ -43,3 +46,7 @@ METRIC_RECONCILE_DURATION = "ray_backup_reconcile_duration_seconds"
 METRIC_RECONCILE_ERRORS = "ray_backup_reconcile_errors_total"
 METRIC_SPOOL_PENDING = "ray_backup_spool_pending"
 METRIC_CONFIG_CHANGES = "ray_backup_config_changes_total"
+METRIC_HISTORY_WRITER_LAG = "ray_backup_history_writer_lag"
+METRIC_HISTORY_STALE = "ray_backup_history_stale_total"
+METRIC_HISTORY_DUPLICATES = "ray_backup_history_duplicates_total"
+METRIC_HISTORY_POISON = "ray_backup_history_poison_total"

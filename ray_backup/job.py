@@ -16,6 +16,7 @@ import time
 import ray
 
 from ray_backup import constants as C
+from ray_backup.history import writers as history_writers
 from ray_backup.settings import CONFIG_ENV, Settings
 
 log = logging.getLogger("ray_backup.job")
@@ -93,6 +94,7 @@ def start(settings: Settings, env: dict[str, str], service: bool = True):
     # Near the driver (the head node, under `ray job submit`): a stable metrics address.
     supervisor = options.supervisor(env, node_id=ray.get_runtime_context().get_node_id())
     summary = ray.get(supervisor.start.remote(None if service else DRIVER_LEASE_S))
+    history_writers.start(settings, env)
     log.info(
         "job running: %d devices in %d actors; metrics at http://%s/metrics",
         summary["devices"], summary["actors"], summary["metrics"],
@@ -130,6 +132,7 @@ def stop_all(grace_s: float = 10.0) -> int:
         except Exception as exc:
             log.warning("supervisor did not shut down cleanly: %s", exc)
         ray.kill(supervisor, no_restart=True)
+    history_writers.stop(grace_s)  # leave the consumer group cleanly before the kill below
     for info in ray.util.list_named_actors(all_namespaces=True):
         if info.get("namespace") != C.NAMESPACE:
             continue

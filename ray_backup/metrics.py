@@ -12,10 +12,19 @@ One registry, served from the supervisor (``RAY_BACKUP_METRICS_PORT``, ``/metric
     ray_backup_last_success_age_seconds         gauge     age of the oldest last success
     ray_backup_reconcile_duration_seconds       histogram one inventory reconcile
     ray_backup_reconcile_errors_total           counter   failed inventory reads
-    ray_backup_config_changes_total             counter   backups whose configuration changed
+    ray_backup_config_changes_total             counter   change events published (new versions)
+    ray_backup_history_writer_lag               gauge     snapshots the history writers are behind
+    ray_backup_history_stale_total              counter   snapshots older than the newest version
+    ray_backup_history_duplicates_total         counter   snapshots already in history
+    ray_backup_history_poison_total             counter   unreadable snapshot events skipped
 
 Counters and histograms are fed by the device actors' status reports; gauges are
 computed from the status table and the semaphore's last stats at scrape time.
+Where history writer actors run (with Kafka), the history series come from their
+``stats()`` at scrape time, and ``config_changes`` counts the change events they
+published; without Kafka the backing-up process publishes one change event for
+each backup whose hash differs from the device's newest version, which is what
+the device rows' ``changed`` says, so the rows count them.
 
 The same series also go to Ray's own metrics system (``ray.util.metrics``), so
 they show up wherever the cluster's metrics go (each node's metrics export port,
@@ -32,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ray_backup import constants as C
 
@@ -65,7 +74,8 @@ DOCUMENTED_METRICS = (
     C.METRIC_BACKUP_TOTAL, C.METRIC_BACKUP_DURATION, C.METRIC_BACKUP_ACTIVE,
     C.METRIC_DEVICES, C.METRIC_DEVICES_BLOCKED, C.METRIC_SEMAPHORE_WAITERS,
     C.METRIC_SEMAPHORE_HELD, C.METRIC_LAST_SUCCESS_AGE, C.METRIC_RECONCILE_DURATION,
-    C.METRIC_RECONCILE_ERRORS, C.METRIC_CONFIG_CHANGES,
+    C.METRIC_RECONCILE_ERRORS, C.METRIC_CONFIG_CHANGES, C.METRIC_HISTORY_WRITER_LAG,
+    C.METRIC_HISTORY_STALE, C.METRIC_HISTORY_DUPLICATES, C.METRIC_HISTORY_POISON,
 )
 
 
@@ -104,6 +114,8 @@ class FleetMetrics:
     ``rows`` returns the current status rows, ``semaphore_stats`` the SSH
     semaphore's last ``stats()``; both are read at scrape (and refresh) time.
     ``export_to_ray``: None mirrors when running inside a Ray worker.
+    ``history_stats`` returns the history writers' ``stats()`` (default: asks the
+    writer actors when running inside Ray, else none).
     """
 
     def __init__(
@@ -111,11 +123,18 @@ class FleetMetrics:
         rows: Callable[[], Iterable[dict]],
         semaphore_stats: Callable[[], dict],
         export_to_ray: bool | None = None,
+        history_stats: Callable[[], list[dict]] | None = None,
     ) -> None:
         self._rows = rows
         self._semaphore = semaphore_stats
         self.registry = CollectorRegistry()
         ray_metrics = _RayMetrics.create(export_to_ray)
+        # First in the registry: a scrape folds the writers' new change events into
+        # config_changes before that counter is read.
+        self.history = HistoryCollector(_default_history_stats(history_stats, ray_metrics),
+                                        lambda n: self.changes.inc(n),
+                                        writers_expected=ray_metrics is not None and _writers_expected())
+        self.registry.register(self.history)
         self.backups = _Counter(
             C.METRIC_BACKUP_TOTAL, "Config backup attempts by outcome", self.registry, ray_metrics,
             labels=("status",),
@@ -127,7 +146,8 @@ class FleetMetrics:
             DURATION_BUCKETS, self.registry, ray_metrics,
         )
         self.changes = _Counter(
-            C.METRIC_CONFIG_CHANGES, "Backups whose configuration changed", self.registry, ray_metrics,
+            C.METRIC_CONFIG_CHANGES, "Change events published (new versions with a diff)",
+            self.registry, ray_metrics,
         )
         self.reconcile_duration = _Histogram(
             C.METRIC_RECONCILE_DURATION, "Duration of one inventory reconcile",
@@ -147,7 +167,7 @@ class FleetMetrics:
         self.backups.inc(status=REFERENCE_LABEL.get(status, status))
         if status in (C.STATUS_SUCCESS, C.STATUS_FAILED) and row.get("duration_s") is not None:
             self.duration.observe(row["duration_s"])
-        if status == C.STATUS_SUCCESS and row.get("changed"):
+        if status == C.STATUS_SUCCESS and row.get("changed") and not self.history.writers_seen:
             self.changes.inc()
 
     def gauges(self) -> FleetGauges:
@@ -186,6 +206,73 @@ class _TableCollector:
         yield GaugeMetricFamily(C.METRIC_SEMAPHORE_HELD, "SSH permits held now", value=g.active)
         yield GaugeMetricFamily(C.METRIC_SEMAPHORE_WAITERS, "Backups waiting for an SSH permit",
                                 value=g.waiters)
+
+
+class HistoryCollector:
+    """The history writers' series, from their ``stats()`` at scrape time.
+
+    Their change events go into ``config_changes`` (``count_changes``) as the
+    growth of each writer's count since the last scrape (a restarted writer counts
+    from 0 again). Where writers run (``writers_expected``, or once one was seen),
+    device rows no longer count changes: the writers publish the change events."""
+
+    def __init__(self, stats: Callable[[], list[dict]], count_changes: Callable[[int], None],
+                 writers_expected: bool = False):
+        self._stats = stats
+        self._count_changes = count_changes
+        self._changes_seen: dict[str, int] = {}
+        self.writers_seen = writers_expected
+        self._lock = threading.Lock()
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        writers = self._stats()
+        # Served without writers too (lag 0): dashboards show flat lines, not gaps.
+        self.writers_seen = self.writers_seen or bool(writers)
+        self._fold_changes(writers)
+        lags = [w["lag"] for w in writers if w.get("lag") is not None]
+        yield GaugeMetricFamily(C.METRIC_HISTORY_WRITER_LAG,
+                                "Snapshots the history writers are behind the topic's end",
+                                value=sum(lags))
+        for name, key, help_text in (
+            (C.METRIC_HISTORY_STALE, "stale", "Snapshots older than the device's newest version"),
+            (C.METRIC_HISTORY_DUPLICATES, "duplicate", "Snapshots already in history"),
+            (C.METRIC_HISTORY_POISON, "poison", "Unreadable snapshot events skipped"),
+        ):
+            yield CounterMetricFamily(_base_name(name), help_text,
+                                      value=sum(w.get(key, 0) for w in writers))
+
+    def _fold_changes(self, writers: list[dict]) -> None:
+        with self._lock:
+            for writer in writers:
+                now, before = writer.get("changes", 0), self._changes_seen.get(writer["name"], 0)
+                self._changes_seen[writer["name"]] = now
+                grown = now - before if now >= before else now  # restarted: counts from 0
+                if grown:
+                    self._count_changes(grown)
+
+
+def _writers_expected() -> bool:
+    """Whether this job's settings start history writers (then they count change events)."""
+    from ray_backup.history.writers import writer_count
+    from ray_backup.settings import Settings
+
+    try:
+        return writer_count(Settings.load()) > 0
+    except Exception:  # bad settings are reported elsewhere; count from the rows meanwhile
+        return False
+
+
+def _default_history_stats(stats, ray_metrics) -> Callable[[], list[dict]]:
+    if stats is not None:
+        return stats
+    if ray_metrics is None:  # not inside Ray: no writer actors to ask
+        return list
+    from ray_backup.history import writers
+
+    return writers.stats
 
 
 # -- Ray's metrics -----------------------------------------------------------------------

@@ -172,6 +172,9 @@ class Settings:
         "KAFKA_BOOTSTRAP_SERVERS", None, _bootstrap_servers
     )
     kafka_topic: str = _setting("KAFKA_TOPIC", C.DEFAULT_TOPIC, _topic)
+    changes_topic: str = _setting("RAY_BACKUP_CHANGES_TOPIC", C.DEFAULT_CHANGES_TOPIC, _topic)
+    history_group: str = _setting("RAY_BACKUP_HISTORY_GROUP", C.DEFAULT_HISTORY_GROUP)
+    history_writers: int = _setting("RAY_BACKUP_HISTORY_WRITERS", 2, _positive_int)
     kafka_security_protocol: str | None = _setting(
         "KAFKA_SECURITY_PROTOCOL", None, _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
     )
