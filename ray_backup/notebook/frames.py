@@ -35,7 +35,7 @@ def status_frame(rows: Iterable[dict]) -> pd.DataFrame:
         "node": (row.get("node_id") or "")[:8] or None,
     } for row in rows], columns=STATUS_COLUMNS)
     for column in ("last_success", "last_attempt", "next_due"):
-        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True).dt.floor("s")
     return frame.sort_values(["hostname", "device_id"], na_position="last", ignore_index=True)
 
 

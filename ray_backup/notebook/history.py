@@ -39,7 +39,8 @@ def history(device: str | None = None, output: str | os.PathLike | None = None,
             versions = [v for device_id, _ in views.store.latest()
                         for v in views.store.versions(device_id, limit=limit)]
         frame = history_frame(versions, _known_names(views))
-    return frame.sort_values("collected_at", ascending=False, ignore_index=True)
+    # stable: two versions in the same second keep the store's newest-first order
+    return frame.sort_values("collected_at", ascending=False, kind="stable", ignore_index=True)
 
 
 def diff(device: str, old: str | None = None, new: str | None = None,
