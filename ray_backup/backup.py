@@ -133,7 +133,8 @@ class Collector:
         export runs again with it rather than failing or silently dropping secrets.
         """
         with SSHSession(
-            device.host, device.port, creds, device.host_key_fingerprint, self.options
+            device.host, device.port, creds, device.host_key_fingerprint, self.options,
+            legacy_algorithms=device.ssh_legacy_algorithms,
         ) as ssh:
 
             def probe() -> str | None:

@@ -14,6 +14,7 @@ TIMEOUT = "timeout"
 TRUNCATED_OUTPUT = "truncated_output"
 CONNECTION_REFUSED = "connection_refused"
 UNREACHABLE = "unreachable"
+SSH_INCOMPATIBLE = "ssh_incompatible"
 INVALID_OUTPUT = "invalid_output"
 CREDENTIALS = "credentials"
 PUBLISH_FAILED = "publish_failed"
@@ -26,6 +27,7 @@ ERROR_KINDS = (
     TRUNCATED_OUTPUT,
     CONNECTION_REFUSED,
     UNREACHABLE,
+    SSH_INCOMPATIBLE,
     INVALID_OUTPUT,
     CREDENTIALS,
     PUBLISH_FAILED,
@@ -68,6 +70,16 @@ class ConnectionRefused(RayBackupError, ConnectionRefusedError):
 
 class Unreachable(RayBackupError, OSError):
     kind = UNREACHABLE
+
+
+class SSHIncompatible(RayBackupError, ConnectionError):
+    """No SSH algorithm both sides allow; the message names what the device offered.
+
+    Transient like the others (backs off), since an operator fixes it by allowing
+    the legacy algorithms or by upgrading the device, not by editing the inventory row.
+    """
+
+    kind = SSH_INCOMPATIBLE
 
 
 class InvalidOutput(RayBackupError, ValueError):

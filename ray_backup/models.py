@@ -79,6 +79,8 @@ class Device:
     host_key_fingerprint: str | None = None
     credentials: CredentialRef = field(default_factory=CredentialRef)
     driver: str = "routeros"
+    # May negotiate the legacy SSH algorithms (RouterOS 6); see transport/algorithms.py.
+    ssh_legacy_algorithms: bool = False
 
     @property
     def actor_name(self) -> str:

@@ -82,6 +82,7 @@ def ssh_options(settings: Settings) -> SSHOptions:
         connect_timeout=settings.connect_timeout,
         command_timeout=settings.command_timeout,
         max_output_bytes=settings.max_output_bytes,
+        legacy_algorithms=settings.ssh_legacy_algorithms,
     )
 
 

@@ -87,6 +87,15 @@ def _export_mode(value: str) -> str:
     return value
 
 
+def _flag(value: str) -> bool:
+    text = value.lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be 1 or 0 (true/false, yes/no, on/off)")
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     """Case-insensitive choice among ``allowed``, returned as spelled there."""
 
@@ -205,6 +214,7 @@ class Settings:
     export_mode: str = _setting("CONFIG_BACKUP_EXPORT_MODE", "show-sensitive", _export_mode)
     # Days the history keeps versions; a device's newest version is never deleted.
     config_retention_days: float = _setting("CONFIG_RETENTION_DAYS", 90.0, _positive_float)
+    ssh_legacy_algorithms: bool = _setting("RAY_BACKUP_SSH_LEGACY_ALGORITHMS", False, _flag)
     device_refresh: float = _setting("DEVICE_REFRESH_SECONDS", 60.0, _positive_float)
     credential_cache_ttl: float = _setting("CREDENTIAL_CACHE_TTL", 300.0, _non_negative_float)
     log_level: str = _setting("RAY_BACKUP_LOG_LEVEL", "INFO", _log_level)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http.client
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray_backup.credentials.payload import parse_credentials
 from ray_backup.errors import ConfigError, CredentialsError
 from ray_backup.models import Credentials
 from ray_backup.settings import Settings
+
+if TYPE_CHECKING:
+    import urllib.error
 
 CIPHERTEXT_PREFIX = "vault:v"
 DEFAULT_TIMEOUT = 5.0
@@ -106,6 +106,12 @@ class TransitClient:
         return parse_credentials(self.decrypt(tenant_id, ciphertext), "Transit")
 
     def _post(self, path: str, payload: dict[str, Any], what: str) -> Any:
+        # Imported on first use: the history imports this module for its ciphertext test,
+        # and `ray-backup history` should not pay for an HTTP client it does not use.
+        import http.client
+        import urllib.error
+        import urllib.request
+
         url = f"{self.addr}/v1/{urllib.parse.quote(self.mount)}/{path}"
         request = urllib.request.Request(
             url,

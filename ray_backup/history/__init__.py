@@ -14,14 +14,16 @@ from ray_backup.settings import Settings
 
 
 def open_history(settings: Settings, output_dir: str | os.PathLike | None = None) -> HistoryStore:
-    """The history store for these settings; texts are sealed as the settings allow."""
+    """The history store for these settings: texts sealed as the settings allow, and each
+    store of a device retiring that device's versions older than ``CONFIG_RETENTION_DAYS``."""
     from ray_backup.history.sealing import Sealer
 
     sealer = Sealer.from_settings(settings)
     if output_dir is None and settings.database_url:
         from ray_backup.history.postgres import PostgresHistory
 
-        return PostgresHistory(settings.database_url, sealer)
+        return PostgresHistory(settings.database_url, sealer, settings.config_retention_days)
     from ray_backup.history.directory import DirectoryHistory
 
-    return DirectoryHistory(output_dir if output_dir is not None else settings.output_dir, sealer)
+    output = output_dir if output_dir is not None else settings.output_dir
+    return DirectoryHistory(output, sealer, retention_days=settings.config_retention_days)

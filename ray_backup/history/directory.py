@@ -31,7 +31,14 @@ from pathlib import Path
 from ray_backup.history.base import HistoryLookupError, SectionChange, Stored, Version
 from ray_backup.history.diffing import unified_diff
 from ray_backup.history.eventlog import import_event_log
-from ray_backup.history.rules import change_event, compare, match_ref, parse_time, verdict
+from ray_backup.history.rules import (
+    KEEP_NEWEST,
+    change_event,
+    compare,
+    match_ref,
+    parse_time,
+    verdict,
+)
 from ray_backup.history.sealing import Sealer
 from ray_backup.sinks.files import FILE_MODE, append_line, atomic_replace, ensure_dir, safe_name
 from ray_backup.snapshot import Snapshot
@@ -46,10 +53,11 @@ class DirectoryHistory:
     """``HistoryStore`` over ``<output>/history``; imports an old ``snapshots.jsonl`` on open."""
 
     def __init__(self, output: str | os.PathLike, sealer: Sealer | None = None,
-                 import_log: bool = True) -> None:
+                 import_log: bool = True, retention_days: float | None = None) -> None:
         self.output = Path(output).expanduser()
         self.root = self.output / HISTORY_DIR
         self.sealer = sealer or Sealer()
+        self.retention_days = retention_days
         if import_log:
             import_event_log(self.output, self.root, self.store)
 
@@ -65,9 +73,12 @@ class DirectoryHistory:
             entries = _read_index(folder)
             newest = _version(entries[-1]) if entries else None
             outcome = verdict(snapshot, newest)
-            if outcome:
-                return Stored(outcome, newest)
-            return self._add(folder, snapshot, newest)
+            stored = Stored(outcome, newest) if outcome else self._add(folder, snapshot, newest)
+            # Each backup of a device retires its expired versions (the oldest comes first).
+            if self.retention_days and len(entries) >= KEEP_NEWEST \
+                    and _expired(entries[0], self.retention_days):
+                self._prune_device(folder, _cutoff(self.retention_days))
+            return stored
 
     def _add(self, folder: Path, snapshot: Snapshot, newest: Version | None) -> Stored:
         device, tenant = snapshot.device_id, snapshot.tenant_id
@@ -89,7 +100,7 @@ class DirectoryHistory:
         return Stored("new", version, change)
 
     def prune(self, retention_days: float) -> int:
-        cutoff = datetime.now(timezone.utc) - timedelta(days=retention_days)
+        cutoff = _cutoff(retention_days)
         deleted = 0
         for folder in self._folders():
             with _locked(folder):
@@ -98,8 +109,7 @@ class DirectoryHistory:
 
     def _prune_device(self, folder: Path, cutoff: datetime) -> int:
         entries = _read_index(folder)
-        # The newest version always stays, however old: it is the device's configuration.
-        gone = [e for e in entries[:-1] if parse_time(e["collected_at"]) < cutoff]
+        gone = [e for e in entries[:-KEEP_NEWEST] if parse_time(e["collected_at"]) < cutoff]
         if not gone:
             return 0
         gone_ids = {e["snapshot_id"] for e in gone}
@@ -122,9 +132,13 @@ class DirectoryHistory:
     # ------------------------------------------------------------------ reading
 
     def versions(self, device_id: str, limit: int | None = None) -> list[Version]:
+        if limit == 1:  # "does it have history", "the newest": the index's last line only
+            last = _last_line(self._folder(device_id) / INDEX)
+            return [_version(json.loads(last))] if last else []
         entries = _read_index(self._folder(device_id))
-        newest_first = [_version(e) for e in reversed(entries)]
-        return newest_first[:limit] if limit is not None else newest_first
+        if limit is not None:
+            entries = entries[-limit:] if limit > 0 else []
+        return [_version(e) for e in reversed(entries)]
 
     def text(self, device_id: str, snapshot_id: str | None = None) -> str:
         version = self._find(device_id, snapshot_id)
@@ -135,7 +149,8 @@ class DirectoryHistory:
         return match_ref(device_id, ids, ref)
 
     def diff(self, device_id: str, old_id: str, new_id: str) -> str:
-        old, new = self._find(device_id, old_id), self._find(device_id, new_id)
+        entries = self._entries(device_id)
+        old, new = _pick(device_id, entries, old_id), _pick(device_id, entries, new_id)
         folder = self._folder(device_id)
         return unified_diff(self._read_text(folder, old), self._read_text(folder, new),
                             old.snapshot_id, new.snapshot_id).text
@@ -180,15 +195,29 @@ class DirectoryHistory:
         return entries
 
     def _find(self, device_id: str, ref: str | None) -> Version:
-        entries = self._entries(device_id)
-        if ref is None:
-            return _version(entries[-1])
-        wanted = match_ref(device_id, [e["snapshot_id"] for e in entries], ref)
-        return next(_version(e) for e in entries if e["snapshot_id"] == wanted)
+        if ref is None:  # the newest: the index's last line, read from the end
+            last = _last_line(self._folder(device_id) / INDEX)
+            if last is None:
+                raise HistoryLookupError(f"device {device_id}: no history in {self.root}")
+            return _version(json.loads(last))
+        return _pick(device_id, self._entries(device_id), ref)
 
     def _read_text(self, folder: Path, version: Version) -> str:
         stored = (folder / "versions" / f"{version.snapshot_id}.rsc").read_text()
         return self.sealer.open(version.device_id, version.tenant_id, stored)
+
+
+def _cutoff(retention_days: float) -> datetime:
+    return datetime.now(timezone.utc) - timedelta(days=retention_days)
+
+
+def _expired(entry: dict, retention_days: float) -> bool:
+    return parse_time(entry["collected_at"]) < _cutoff(retention_days)
+
+
+def _pick(device_id: str, entries: list[dict], ref: str) -> Version:
+    wanted = match_ref(device_id, [e["snapshot_id"] for e in entries], ref)
+    return next(_version(e) for e in entries if e["snapshot_id"] == wanted)
 
 
 def _entry(version: Version, old_snapshot_id: str | None) -> dict:
@@ -221,7 +250,9 @@ def _read_index(folder: Path) -> list[dict]:
     except FileNotFoundError:
         return []
     # Only whole lines count: a line is written in one append, but a reader may race it.
-    return [json.loads(line) for line in raw.split(b"\n") if line.endswith(b"}")]
+    # One JSON array for the lot: a thousand versions decode in one C call.
+    whole = [line for line in raw.split(b"\n") if line.endswith(b"}")]
+    return json.loads(b"[" + b",".join(whole) + b"]")
 
 
 def _last_line(path: Path, chunk: int = 8192) -> bytes | None:

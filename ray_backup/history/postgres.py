@@ -31,7 +31,7 @@ from ray_backup.history.base import (
 )
 from ray_backup.history.diffing import unified_diff
 from ray_backup.history.pgschema import missing_tables
-from ray_backup.history.rules import change_event, compare, match_ref, rfc3339, verdict
+from ray_backup.history.rules import KEEP_NEWEST, change_event, compare, match_ref, rfc3339, verdict
 from ray_backup.history.sealing import Sealer
 from ray_backup.inventory.postgres import CONNECT_TIMEOUT_S, psycopg_url
 from ray_backup.snapshot import Snapshot
@@ -72,15 +72,22 @@ _LATEST = """
 SELECT DISTINCT ON (device_id) device_id::text, id::text FROM router_config_snapshots
 ORDER BY device_id, collected_at DESC, created_at DESC
 """
-# The newest version of each device stays whatever its age; diffs and changes that
-# touch a deleted version go with it (its foreign keys cascade too; this does not rely on it).
+# A device's two newest versions stay whatever their age (the newest is its configuration,
+# the one before keeps the latest change's diff); diffs and changes that touch a deleted
+# version go with it (its foreign keys cascade too; this does not rely on it).
+# {device} narrows it to one device (a store's own step), or is empty (all devices).
 _PRUNE = """
 WITH newest AS (
-    SELECT DISTINCT ON (device_id) id FROM router_config_snapshots
-    ORDER BY device_id, collected_at DESC, created_at DESC
+    SELECT id FROM (
+        SELECT id, row_number() OVER (PARTITION BY device_id
+                                      ORDER BY collected_at DESC, created_at DESC) AS n
+        FROM router_config_snapshots WHERE true {device}
+    ) AS ranked
+    WHERE n <= %(keep)s
 ), doomed AS (
     SELECT id FROM router_config_snapshots
-    WHERE collected_at < now() - make_interval(secs => %s) AND id NOT IN (SELECT id FROM newest)
+    WHERE collected_at < now() - make_interval(secs => %(seconds)s) {device}
+      AND id NOT IN (SELECT id FROM newest)
 ), doomed_diffs AS (
     SELECT id FROM router_config_diffs
     WHERE old_snapshot_id IN (SELECT id FROM doomed) OR new_snapshot_id IN (SELECT id FROM doomed)
@@ -91,14 +98,18 @@ WITH newest AS (
 )
 DELETE FROM router_config_snapshots WHERE id IN (SELECT id FROM doomed)
 """
+_PRUNE_ALL = _PRUNE.format(device="")
+_PRUNE_DEVICE = _PRUNE.format(device="AND device_id = %(device)s")
 
 
 class PostgresHistory:
     """``HistoryStore`` over the three ``router_config_*`` tables; one connection, one lock."""
 
-    def __init__(self, url: str, sealer: Sealer | None = None) -> None:
+    def __init__(self, url: str, sealer: Sealer | None = None,
+                 retention_days: float | None = None) -> None:
         self._url = psycopg_url(url)
         self.sealer = sealer or Sealer()
+        self.retention_days = retention_days
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
         self._layout: _Layout | None = None
@@ -118,17 +129,25 @@ class PostgresHistory:
                         (f"ray_backup.history:{device}",))
             newest = self._newest(cur, device)
             outcome = verdict(snapshot, newest)
-            if outcome:
-                return Stored(outcome, newest)
-            try:
-                return self._insert(cur, snapshot, newest)
-            except pg_errors.ForeignKeyViolation:
-                raise HistoryRejected(
-                    f"device {device}: not in the devices table for tenant {tenant} "
-                    "(the history tables require it)"
-                ) from None
+            stored = Stored(outcome, newest) if outcome else self._insert(cur, snapshot, newest)
+            if self.retention_days:
+                # Each backup of a device retires its expired versions: an index range
+                # scan under the lock already held, no fleet-wide job to schedule.
+                cur.execute(_PRUNE_DEVICE, {"seconds": self.retention_days * 86400.0,
+                                            "device": device, "keep": KEEP_NEWEST})
+            return stored
 
     def _insert(self, cur: psycopg.Cursor, snapshot: Snapshot, newest: Version | None) -> Stored:
+        try:
+            return self._insert_rows(cur, snapshot, newest)
+        except pg_errors.ForeignKeyViolation:
+            raise HistoryRejected(
+                f"device {snapshot.device_id}: not in the devices table for tenant "
+                f"{snapshot.tenant_id} (the history tables require it)"
+            ) from None
+
+    def _insert_rows(self, cur: psycopg.Cursor, snapshot: Snapshot,
+                     newest: Version | None) -> Stored:
         device, tenant = snapshot.device_id, snapshot.tenant_id
         cur.execute(
             "INSERT INTO router_config_snapshots (device_id, tenant_id, config_text, sha256_hash, "
@@ -168,7 +187,7 @@ class PostgresHistory:
             with self._transaction() as cur:
                 if tenant:
                     _set_tenant(cur, tenant)
-                cur.execute(_PRUNE, (retention_days * 86400.0,))
+                cur.execute(_PRUNE_ALL, {"seconds": retention_days * 86400.0, "keep": KEEP_NEWEST})
                 deleted += cur.rowcount
         return deleted
 

@@ -17,6 +17,10 @@ from ray_backup.history.mask import mask_secrets
 from ray_backup.history.sections import summarize
 from ray_backup.snapshot import Snapshot
 
+# Retention never deletes a device's newest version, nor the one before it: the latest
+# change keeps its diff and summary however long ago it happened.
+KEEP_NEWEST = 2
+
 
 def parse_time(value: str | datetime) -> datetime:
     """An RFC 3339 time (``Z`` or offset) as an aware UTC datetime."""

@@ -110,3 +110,18 @@ def optional_text(value: Any, what: str) -> str | None:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string (quote it in YAML), got {shown(value)}")
     return value.strip() or None
+
+
+_TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
+_FALSE = frozenset({"0", "false", "no", "off", "f", "n", ""})
+
+
+def parse_flag(value: Any, what: str) -> bool:
+    """A yes/no field; None (absent, NULL) is no. Text and 0/1 for database columns."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{what} must be true or false, got {shown(value)}")

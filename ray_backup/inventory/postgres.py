@@ -21,6 +21,7 @@ from ray_backup.inventory.base import Inventory
 from ray_backup.inventory.fields import (
     parse_db_address,
     parse_fingerprint,
+    parse_flag,
     parse_port,
     parse_uuid,
 )
@@ -33,9 +34,19 @@ LOAD_TIMEOUT = "30s"
 LOAD_QUERY = """
 SELECT id::text, tenant_id::text, hostname, ip_address::text, ssh_port,
        encrypted_credentials, encrypted_credentials_transit,
-       routeros_version, ssh_host_key_fingerprint
+       routeros_version, ssh_host_key_fingerprint, {legacy}
 FROM devices
 ORDER BY id
+"""
+# Optional: the-other-dude's schema has no such column; where an operator added one,
+# it allows the device the legacy SSH algorithms (RouterOS 6).
+LEGACY_COLUMN = "ssh_legacy_algorithms"
+HAS_LEGACY_QUERY = """
+SELECT EXISTS (
+  SELECT 1 FROM information_schema.columns
+  WHERE table_name = 'devices' AND column_name = %(column)s
+    AND table_schema = ANY (current_schemas(false))
+)
 """
 
 # First use: store only where no key is stored yet; storing the same key again is
@@ -88,13 +99,14 @@ class PostgresInventory:
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
+        self._has_legacy: bool | None = None  # asked once per connection
 
     def __repr__(self) -> str:
         return f"PostgresInventory({redact_url(self._url)!r})"
 
     def load(self) -> Inventory:
         """All devices; raises ``psycopg.Error`` when the table cannot be read."""
-        rows = self._run(_fetch_devices)
+        rows = self._run(self._fetch_devices)
         inventory = Inventory()
         for row in rows:
             _add_row(inventory, row)
@@ -145,19 +157,23 @@ class PostgresInventory:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
+            self._has_legacy = None
 
-
-def _fetch_devices(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
-    # SET LOCAL inside a transaction: the timeout cannot leak to a pooled session.
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(f"SET LOCAL statement_timeout = '{LOAD_TIMEOUT}'")
-        cur.execute(LOAD_QUERY)
-        return cur.fetchall()
+    def _fetch_devices(self, conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+        if self._has_legacy is None:
+            found = conn.execute(HAS_LEGACY_QUERY, {"column": LEGACY_COLUMN}).fetchone()
+            self._has_legacy = bool(found and found[0])
+        query = LOAD_QUERY.format(legacy=LEGACY_COLUMN if self._has_legacy else "NULL")
+        # SET LOCAL inside a transaction: the timeout cannot leak to a pooled session.
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(f"SET LOCAL statement_timeout = '{LOAD_TIMEOUT}'")
+            cur.execute(query)
+            return cur.fetchall()
 
 
 def _add_row(inventory: Inventory, row: tuple[Any, ...]) -> None:
     (device_id, tenant_id, hostname, address, port,
-     legacy, transit, version, fingerprint) = row
+     legacy, transit, version, fingerprint, legacy_ssh) = row
     label = f"devices row (id {device_id!r}" + (f", hostname {hostname!r})" if hostname else ")")
     legacy = bytes(legacy) if legacy else None
     transit = transit.strip() if transit and transit.strip() else None
@@ -183,6 +199,10 @@ def _add_row(inventory: Inventory, row: tuple[Any, ...]) -> None:
         fingerprint = parse_fingerprint((fingerprint or "").strip() or None)
     except ValueError as exc:
         problems.append(str(exc))
+    try:
+        legacy_ssh = parse_flag(legacy_ssh, LEGACY_COLUMN)
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         inventory.errors.append(f"{label}: {'; '.join(problems)}")
         return
@@ -199,4 +219,5 @@ def _add_row(inventory: Inventory, row: tuple[Any, ...]) -> None:
         credentials=CredentialRef(
             transit=transit, legacy=legacy, digest=secret_digest(transit, legacy)
         ),
+        ssh_legacy_algorithms=legacy_ssh,
     ))

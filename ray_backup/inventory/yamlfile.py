@@ -32,6 +32,7 @@ from ray_backup.inventory.fields import (
     DEFAULT_TENANT,
     optional_text,
     parse_fingerprint,
+    parse_flag,
     parse_host,
     parse_port,
     parse_uuid,
@@ -44,7 +45,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 FIELDS = frozenset({
     "id", "tenant_id", "hostname", "host", "port", "username", "password", "key_file",
-    "routeros_version", "ssh_host_key_fingerprint", "driver",
+    "routeros_version", "ssh_host_key_fingerprint", "driver", "ssh_legacy_algorithms",
 })
 
 
@@ -169,6 +170,7 @@ def parse_row(raw: Any, path: str, base_dir: str) -> tuple[Device, str | None]:
     version = check(optional_text, raw.get("routeros_version"), "routeros_version")
     pinned = check(parse_fingerprint, raw.get("ssh_host_key_fingerprint"))
     driver = check(optional_text, raw.get("driver"), "driver") or "routeros"
+    legacy = check(parse_flag, raw.get("ssh_legacy_algorithms"), "ssh_legacy_algorithms")
     if problems:
         raise ValueError("; ".join(problems))
     ref = CredentialRef(
@@ -180,6 +182,7 @@ def parse_row(raw: Any, path: str, base_dir: str) -> tuple[Device, str | None]:
     device = Device(
         id=device_id, host=host, port=port, tenant_id=tenant_id, hostname=hostname,
         routeros_version=version, host_key_fingerprint=pinned, credentials=ref, driver=driver,
+        ssh_legacy_algorithms=legacy,
     )
     return device, password
 

@@ -21,10 +21,13 @@ from ray_backup.errors import (
     ConnectionRefused,
     HostKeyMismatch,
     RayBackupError,
+    SSHIncompatible,
     TruncatedOutput,
     Unreachable,
 )
 from ray_backup.models import Credentials
+from ray_backup.transport import algorithms
+from ray_backup.transport.algorithms import OfferRecordingTransport
 
 log = logging.getLogger(__name__)
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -35,12 +38,20 @@ MAX_PACKET_SIZE = 32768
 _READ_CHUNK = 256 * 1024
 _POLL_S = 0.5
 
+# A stored fingerprint's host key type, learnt once it matched: the next session asks
+# for that type first, rather than for ed25519 and then again for the stored RSA key.
+# A fact about the key (not about a device), so shared by every session in the process.
+_KEY_TYPES: dict[str, str] = {}
+_KEY_TYPES_MAX = 100_000
+
 
 @dataclass(frozen=True)
 class SSHOptions:
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
     max_output_bytes: int = 16 * 1024 * 1024
+    # Every device may negotiate the legacy algorithms (RouterOS 6); see algorithms.py.
+    legacy_algorithms: bool = False
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -54,6 +65,8 @@ class SSHSession:
 
     ``known_fingerprint`` None means trust on first use: the observed key's
     fingerprint is available as ``.fingerprint`` for the caller to store.
+    ``legacy_algorithms`` (or ``options.legacy_algorithms``) allows the legacy
+    set of ``algorithms.LEGACY``; otherwise none of it is ever negotiated.
     """
 
     def __init__(
@@ -63,12 +76,14 @@ class SSHSession:
         credentials: Credentials,
         known_fingerprint: str | None,
         options: SSHOptions,
+        legacy_algorithms: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self._credentials = credentials
         self._known = known_fingerprint
         self.options = options
+        self.legacy = legacy_algorithms or options.legacy_algorithms
         self.fingerprint: str | None = None
         self._transport: paramiko.Transport | None = None
 
@@ -91,12 +106,37 @@ class SSHSession:
             self._transport.close()
             self._transport = None
 
+    @property
+    def negotiated(self) -> dict[str, str]:
+        """What the handshake agreed on (key exchange, host key, ciphers, MACs)."""
+        assert self._transport is not None, "session is not connected"
+        return algorithms.negotiated(self._transport)
+
     def _connect(self) -> None:
+        transport = self._handshake(_KEY_TYPES.get(self._known or ""))
+        self.fingerprint = fingerprint(transport.get_remote_server_key())
+        if self._known and self.fingerprint != self._known:
+            transport = self._stored_key_among_others(transport)
+        if self._known:
+            _remember_key_type(self._known, transport.host_key_type)
+        self._authenticate(transport)
+
+    def _handshake(self, key_type: str | None = None, only: bool = False) -> OfferRecordingTransport:
+        """Connect and exchange keys (no authentication yet).
+
+        ``key_type`` puts that host key type first (``only``: offers nothing else).
+        """
         sock = _open_socket(self.host, self.port, self.options.connect_timeout)
-        transport = paramiko.Transport(
-            sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
+        transport = OfferRecordingTransport(
+            sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE,
+            disabled_algorithms=algorithms.disabled_algorithms(self.legacy),
         )
         self._transport = transport
+        if key_type:
+            security = transport.get_security_options()
+            first = algorithms.algorithms_for(key_type, security.key_types)
+            rest = () if only else tuple(a for a in security.key_types if a not in first)
+            security.key_types = first + rest
         transport.banner_timeout = self.options.connect_timeout
         transport.handshake_timeout = self.options.connect_timeout
         transport.auth_timeout = self.options.connect_timeout
@@ -104,6 +144,11 @@ class SSHSession:
             # A little longer than the banner timeout, so a silent device reports that.
             transport.start_client(timeout=self.options.connect_timeout + 1)
         except paramiko.SSHException as exc:
+            # IncompatiblePeer also reports an SSH-1 banner, before any algorithm list.
+            if isinstance(exc, paramiko.IncompatiblePeer) and transport.offered is not None:
+                raise SSHIncompatible(
+                    algorithms.incompatibility(transport.offered, self.legacy)
+                ) from None
             raise _handshake_error(exc, self.options.connect_timeout) from None
         except (EOFError, OSError) as exc:
             raise TruncatedOutput(
@@ -113,12 +158,28 @@ class SSHSession:
             raise CommandTimeout(
                 f"SSH handshake did not finish within {self.options.connect_timeout:g} s"
             )
-        self.fingerprint = fingerprint(transport.get_remote_server_key())
-        if self._known and self.fingerprint != self._known:
-            raise HostKeyMismatch(
-                f"host key changed: stored {self._known}, device presented {self.fingerprint}"
-            )
-        self._authenticate(transport)
+        return transport
+
+    def _stored_key_among_others(self, first: OfferRecordingTransport) -> OfferRecordingTransport:
+        """The device may hold the stored key next to others (RSA, then ed25519 added):
+        ask for each other host key type it offers; only the stored key is accepted,
+        and nothing is sent to authenticate before it is."""
+        presented = self.fingerprint
+        others = algorithms.key_types_offered(
+            (first.offered or {}).get("keys", []), first.preferred_keys,
+            but=algorithms.key_type(first.host_key_type or ""),
+        )
+        self.close()
+        for key_type in others:
+            transport = self._handshake(key_type, only=True)
+            if fingerprint(transport.get_remote_server_key()) == self._known:
+                self.fingerprint = self._known
+                return transport
+            self.close()
+        also = f" (nor any of its other host keys: {', '.join(others)})" if others else ""
+        raise HostKeyMismatch(
+            f"host key changed: stored {self._known}, device presented {presented}{also}"
+        )
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         creds = self._credentials
@@ -185,6 +246,14 @@ class SSHSession:
         if channel.exit_status == -1:
             raise TruncatedOutput(f"connection lost during {command!r} after {size} bytes")
         return b"".join(chunks)
+
+
+def _remember_key_type(known: str, algorithm: str | None) -> None:
+    if not algorithm:
+        return
+    if len(_KEY_TYPES) >= _KEY_TYPES_MAX:
+        _KEY_TYPES.clear()
+    _KEY_TYPES[known] = algorithms.key_type(algorithm)
 
 
 def _open_socket(host: str, port: int, timeout: float) -> socket.socket:

@@ -89,21 +89,21 @@ def test_threads_racing_make_one_version_each(tmp_path, base):
     assert outcomes.count("new") == 8
 
 
-def test_retention_keeps_the_newest_version(tmp_path, base):
-    a, b, c = variants(base, 3)
+def test_retention_keeps_the_newest_two_versions(tmp_path, base):
+    a, b, c, d = variants(base, 4)
     history = DirectoryHistory(tmp_path)
-    for hours, text in ((0, a), (1, b), (2, c)):
+    for hours, text in ((0, a), (1, b), (2, c), (3, d)):
         history.store(snapshot(text, at(hours)))
     other = "33333333-3333-4333-8333-333333333333"
     history.store(snapshot(a, at(0), device=other))
     assert history.prune(retention_days=1) == 2  # every version is older than a day
     versions = history.versions(DEVICE)
-    assert len(versions) == 1 and history.text(DEVICE) == c
-    assert versions[0].lines_added is None  # its diff went with the version it came from
+    assert [v.lines_added for v in versions] == [1, None]  # c's diff went with b
+    assert history.text(DEVICE) == d and history.text(DEVICE, versions[1].snapshot_id) == c
     assert len(history.versions(other)) == 1
     folder = tmp_path / "history" / DEVICE
-    assert len(list((folder / "versions").iterdir())) == 1
-    assert list((folder / "diffs").iterdir()) == []
+    assert len(list((folder / "versions").iterdir())) == 2
+    assert [p.stem for p in (folder / "diffs").iterdir()] == [versions[0].snapshot_id]
     assert history.prune(retention_days=1) == 0
 
 
@@ -184,3 +184,12 @@ def test_many_versions_index_reads_whole_lines_only(tmp_path, base):
     assert len(history.versions(DEVICE, limit=2)) == 2
     assert json.loads(index.read_text().splitlines()[0])["lines_added"] is None
     assert stat.S_IMODE(os.stat(index).st_mode) == 0o600
+
+
+def test_storing_prunes_expired_versions_on_its_own(tmp_path, base):
+    a, b, c = variants(base, 3)
+    for hours, text in ((0, a), (1, b)):
+        DirectoryHistory(tmp_path).store(snapshot(text, at(hours)))
+    store = DirectoryHistory(tmp_path, retention_days=1)
+    store.store(snapshot(c, at(2)))  # a goes; b stays as the base of the latest change
+    assert [v.lines_added for v in store.versions(DEVICE)] == [1, None]

@@ -108,20 +108,21 @@ def test_writers_racing_make_exactly_one_version_each(db, base):
     assert rows(db, "SELECT count(*) FROM router_config_diffs") == [(9,)]
 
 
-def test_retention_keeps_the_newest_and_removes_diffs_with_their_versions(history, db, base):
-    a, b, c = variants(base, 3)
-    for hours, text in ((0, a), (1, b), (2, c)):
+def test_retention_keeps_the_newest_two_and_removes_diffs_with_their_versions(history, db, base):
+    a, b, c, d = variants(base, 4)
+    for hours, text in ((0, a), (1, b), (2, c), (3, d)):
         history.store(snapshot(text, at(hours)))
     lone = "33333333-3333-4333-8333-333333333333"
     history.store(snapshot(a, at(0), device=lone))
     assert history.prune(retention_days=1) == 2
-    assert history.text(DEVICE) == c and history.text(lone) == a
-    assert rows(db, "SELECT count(*) FROM router_config_diffs") == [(0,)]
-    assert rows(db, "SELECT count(*) FROM router_config_changes") == [(0,)]
+    assert history.text(DEVICE) == d and history.text(lone) == a
+    assert [v.lines_added for v in history.versions(DEVICE)] == [1, None]
+    assert rows(db, "SELECT count(*) FROM router_config_diffs") == [(1,)]
+    assert rows(db, "SELECT count(*) FROM router_config_changes") == [(1,)]
     assert history.prune(retention_days=1) == 0
-    history.store(snapshot(b, at(3)))
+    history.store(snapshot(b, at(4)))
     assert history.prune(retention_days=100000) == 0  # recent enough: nothing goes
-    assert len(history.versions(DEVICE)) == 2
+    assert len(history.versions(DEVICE)) == 3
 
 
 def test_secrets_masked_in_diff_text_and_raw_line(history, db, base):
@@ -225,14 +226,15 @@ def test_the_other_dude_schema_with_row_level_security(tod, base):
             "Added 1 address-list entry"]
         assert store.text(device_a) == new
         assert sorted(d for d, _ in store.latest()) == sorted([device_a, device_b])
-        assert store.prune(retention_days=1) == 2
+        store.store(snapshot(old, at(3), device=device_a, tenant=tenant_a))
+        assert store.prune(retention_days=1) == 1
     finally:
         store.close()
     # Each tenant sees only its rows through the app role.
     with psycopg.connect(app_url) as conn:
         conn.execute("SELECT set_config('app.current_tenant', %s, false)", (tenant_a,))
         assert conn.execute("SELECT count(*), min(device_id::text) FROM router_config_snapshots"
-                            ).fetchone() == (1, device_a)
+                            ).fetchone() == (2, device_a)
 
 
 def add_tod_device(url: str, tenant: str, name: str) -> str:
@@ -260,5 +262,20 @@ def test_database_outage_is_unavailable_then_nothing_lost_or_doubled(own_postgre
         assert store.store(snapshot(b, at(1))).outcome == "new"
         assert store.store(snapshot(b, at(1))).outcome == "duplicate"
         assert [v.lines_added for v in store.versions(DEVICE)] == [1, None]
+    finally:
+        store.close()
+
+
+def test_storing_prunes_expired_versions_on_its_own(db, base):
+    a, b, c = variants(base, 3)
+    old = PostgresHistory(db)
+    for hours, text in ((0, a), (1, b)):
+        old.store(snapshot(text, at(hours)))
+    old.close()
+    store = PostgresHistory(db, retention_days=1)
+    try:
+        store.store(snapshot(c, at(2)))  # a goes; b stays as the base of the latest change
+        assert [v.lines_added for v in store.versions(DEVICE)] == [1, None]
+        assert store.text(DEVICE) == c
     finally:
         store.close()

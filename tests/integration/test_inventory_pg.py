@@ -226,7 +226,9 @@ def test_missing_table_raises(pg_url):
     inv.close()
 
 
-def test_ten_thousand_rows_load_in_well_under_a_second(db, inventory):
+def test_ten_thousand_rows_load_in_one_query(db, inventory):
+    # Speed is measured by benchmarks/reconcile.py, never asserted here: a loaded CI machine
+    # must not fail a correct load.
     blob = encrypt_credentials(KEY, "admin", "pw")
     new = [NewDevice(host=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", hostname=f"r{i}",
                      tenant_id=TENANT, port=None if i % 2 else 22, routeros_version="7.16")
@@ -242,4 +244,26 @@ def test_ten_thousand_rows_load_in_well_under_a_second(db, inventory):
     assert len(loaded.devices) == 10_000 and not loaded.errors
     print(f"\n10,000-row inventory load: best {min(timings) * 1000:.0f} ms, "
           f"worst {max(timings) * 1000:.0f} ms")
-    assert min(timings) < 0.5
+
+
+def test_the_optional_legacy_ssh_column_is_read_only_when_present(db):
+    device_id = add_device(db, "192.0.2.1", "admin", "pw", KEY)
+    without = PostgresInventory(db)
+    try:
+        assert without.load().devices[0].ssh_legacy_algorithms is False  # no such column
+    finally:
+        without.close()
+    sql(db, "ALTER TABLE devices ADD COLUMN ssh_legacy_algorithms boolean")
+    other = add_device(db, "192.0.2.2", "admin", "pw", KEY)
+    sql(db, "UPDATE devices SET ssh_legacy_algorithms = true WHERE id = %s", device_id)
+    inv = PostgresInventory(db)
+    try:
+        by_id = {d.id: d.ssh_legacy_algorithms for d in inv.load().devices}
+        assert by_id == {device_id: True, other: False}  # NULL is no
+        sql(db, "ALTER TABLE devices ALTER COLUMN ssh_legacy_algorithms TYPE text")
+        sql(db, "UPDATE devices SET ssh_legacy_algorithms = 'maybe' WHERE id = %s", other)
+        loaded = inv.load()
+    finally:
+        inv.close()
+    assert [d.id for d in loaded.devices] == [device_id]
+    assert len(loaded.errors) == 1 and "ssh_legacy_algorithms must be true or false" in loaded.errors[0]

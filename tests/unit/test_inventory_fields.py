@@ -7,6 +7,7 @@ import pytest
 from ray_backup.inventory.fields import (
     parse_db_address,
     parse_fingerprint,
+    parse_flag,
     parse_host,
     parse_port,
     parse_uuid,
@@ -102,3 +103,17 @@ def test_redact_url(url, expected):
 def test_sqlalchemy_scheme_is_accepted():
     assert psycopg_url("postgresql+asyncpg://u:p@h/db") == "postgresql://u:p@h/db"
     assert psycopg_url("postgres://u@h/db") == "postgres://u@h/db"
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, False), (True, True), (False, False), (1, True), (0, False),
+    ("true", True), (" YES ", True), ("t", True), ("f", False), ("", False), ("off", False),
+])
+def test_flags(value, expected):
+    assert parse_flag(value, "ssh_legacy_algorithms") is expected
+
+
+@pytest.mark.parametrize("value", [2, "maybe", 1.0, ["true"]])
+def test_bad_flags(value):
+    with pytest.raises(ValueError, match="ssh_legacy_algorithms must be true or false"):
+        parse_flag(value, "ssh_legacy_algorithms")

@@ -107,6 +107,8 @@ BAD_ROWS = [
      "routeros_version must be a string"),
     ("{id: %s, host: 10.0.0.1, username: a, password: b, ssh_host_key_fingerprint: md5}",
      "ssh_host_key_fingerprint must look like"),
+    ("{id: %s, host: 10.0.0.1, username: a, password: b, ssh_legacy_algorithms: maybe}",
+     "ssh_legacy_algorithms must be true or false"),
     ("just a string", "row must be a mapping"),
     ("[1, 2]", "row must be a mapping"),
 ]
@@ -246,3 +248,14 @@ def test_relative_path_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     device = YamlInventory("inventory.yaml").load().devices[0]
     assert os.path.isabs(device.credentials.inventory_file)
+
+
+def test_legacy_ssh_algorithms_are_off_unless_the_row_allows_them(tmp_path):
+    inv = load(tmp_path, f"""
+        devices:
+          - {{id: {ID1}, host: 10.0.0.1, username: a, password: b, ssh_legacy_algorithms: true}}
+          - {{id: {ID2}, host: 10.0.0.2, username: a, password: b, ssh_legacy_algorithms: false}}
+          - {{id: {ID3}, host: 10.0.0.3, username: a, password: b}}
+        """)
+    assert inv.errors == []
+    assert [d.ssh_legacy_algorithms for d in inv.devices] == [True, False, False]
