@@ -34,7 +34,10 @@ class SnapshotSink(Protocol):
     def publish(self, snapshot: Snapshot) -> None: ...
 
 
-HostKeyRecorder = Callable[[str, str], None]
+# (device id, fingerprint) -> True when that key is now the stored one; raises when not stored.
+HostKeyRecorder = Callable[[str, str], bool]
+# (device id, fingerprint) after the stored key matched: must be quick and never raise.
+HostKeyVerified = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Collector:
     options: SSHOptions
     export_mode: str = "show-sensitive"
     record_host_key: HostKeyRecorder | None = None
+    host_key_verified: HostKeyVerified | None = None
 
     def backup(self, device: Device) -> tuple[BackupResult, Device]:
         """Back up ``device``; return the result and the device as now known
@@ -104,9 +108,7 @@ class Collector:
         driver = get_driver(device.driver)
         creds = self.credentials.resolve(device)
         collected = self.collect(device, creds, driver)
-        if device.host_key_fingerprint is None and collected.fingerprint:
-            self._trust(device, collected.fingerprint)
-            device = replace(device, host_key_fingerprint=collected.fingerprint)
+        device = self._check_host_key(device, collected.fingerprint)
         if collected.version and collected.version != device.routeros_version:
             device = replace(device, routeros_version=collected.version)
         driver.validate(collected.raw)
@@ -132,33 +134,69 @@ class Collector:
         the version command does; if that release wants another export command, the
         export runs again with it rather than failing or silently dropping secrets.
         """
-        with SSHSession(
+        session = SSHSession(
             device.host, device.port, creds, device.host_key_fingerprint, self.options,
             legacy_algorithms=device.ssh_legacy_algorithms,
-        ) as ssh:
+        )
+        try:
+            with session as ssh:
+                return self._export(ssh, device, driver)
+        except errors.HostKeyMismatch as exc:
+            exc.presented = exc.presented or session.fingerprint  # for `hostkey accept`
+            raise
 
-            def probe() -> str | None:
-                return driver.parse_version(decode_output(ssh.run(driver.version_command)))
+    def _export(self, ssh: SSHSession, device: Device, driver: Driver) -> Collected:
+        def probe() -> str | None:
+            return driver.parse_version(decode_output(ssh.run(driver.version_command)))
 
-            version = device.routeros_version or probe()
-            command = driver.export_command(version, self.export_mode)
-            raw = decode_output(ssh.run(command))
-            actual = driver.parse_version(raw)
-            if actual is None and driver.reject_reason(raw) is not None and device.routeros_version:
-                actual = probe()
-            if actual and driver.export_command(actual, self.export_mode) != command:
-                log.info("device %s: runs %s, not %s as recorded", device.id, actual, version)
-                raw = decode_output(ssh.run(driver.export_command(actual, self.export_mode)))
-            return Collected(raw=raw, version=actual or version, fingerprint=ssh.fingerprint)
+        version = device.routeros_version or probe()
+        command = driver.export_command(version, self.export_mode)
+        raw = decode_output(ssh.run(command))
+        actual = driver.parse_version(raw)
+        if actual is None and driver.reject_reason(raw) is not None and device.routeros_version:
+            actual = probe()
+        if actual and driver.export_command(actual, self.export_mode) != command:
+            log.info("device %s: runs %s, not %s as recorded", device.id, actual, version)
+            raw = decode_output(ssh.run(driver.export_command(actual, self.export_mode)))
+        return Collected(raw=raw, version=actual or version, fingerprint=ssh.fingerprint)
+
+    def _check_host_key(self, device: Device, fingerprint: str | None) -> Device:
+        """The device as now known: a first-seen key pinned, or the stored key noted as verified.
+
+        The SSH session already refused a key other than the stored one."""
+        if not fingerprint:
+            return device
+        if device.host_key_fingerprint is not None:
+            if self.host_key_verified is not None:
+                self.host_key_verified(device.id, fingerprint)
+            return device
+        self._trust(device, fingerprint)
+        return replace(device, host_key_fingerprint=fingerprint)
 
     def _trust(self, device: Device, fingerprint: str) -> None:
-        log.info("device %s: trusting host key %s on first use", device.id, fingerprint)
-        if self.record_host_key is None:
+        """Pin a first-seen key before anything is published, or fail the backup.
+
+        A key that could not be stored is not trusted: backing up through it would
+        let the next session accept any key again. A store that already holds
+        another key (a concurrent first use elsewhere won) is a mismatch.
+        """
+        if self.record_host_key is None:  # nothing to pin to (benchmarks, tests)
+            log.info("device %s: host key %s trusted for this backup only", device.id, fingerprint)
             return
         try:
-            self.record_host_key(device.id, fingerprint)
-        except Exception as exc:  # the backup itself succeeded; storing the key is retried next time
-            log.warning("device %s: could not store host key: %s", device.id, exc)
+            stored = self.record_host_key(device.id, fingerprint)
+        except Exception as exc:
+            raise errors.HostKeyNotStored(
+                f"host key {fingerprint} seen for the first time but not stored "
+                f"({type(exc).__name__}: {str(exc)[:120]}); not trusted, nothing published"
+            ) from None
+        if not stored:
+            raise errors.HostKeyMismatch(
+                f"host key changed: a different key was stored for this device first "
+                f"(a concurrent first use), device presented {fingerprint}",
+                presented=fingerprint,
+            )
+        log.info("device %s: trusting host key %s on first use", device.id, fingerprint)
 
     def _failed(self, device: Device, exc: BaseException, started: float) -> BackupResult:
         return self._failed_id(device.id, exc, started)
@@ -177,4 +215,5 @@ class Collector:
             error_kind=kind,
             error=message,
             duration_s=time.monotonic() - started,
+            presented_fingerprint=exc.presented if isinstance(exc, errors.HostKeyMismatch) else None,
         )

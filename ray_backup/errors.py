@@ -48,12 +48,28 @@ class ConfigError(RayBackupError, ValueError):
     """A setting or an inventory row is invalid; the message names it."""
 
 
+class UnknownDevice(ConfigError):
+    """An operator named a device the inventory does not have."""
+
+
 class AuthFailed(RayBackupError, PermissionError):
     kind = AUTH_FAILED
 
 
 class HostKeyMismatch(RayBackupError, PermissionError):
+    """``presented``: the fingerprint the device showed, for `ray-backup hostkey accept`."""
+
     kind = HOST_KEY_MISMATCH
+
+    def __init__(self, message: str, presented: str | None = None) -> None:
+        super().__init__(message)
+        self.presented = presented
+
+
+class HostKeyNotStored(RayBackupError, OSError):
+    """A first-seen host key could not be stored: the key is not trusted, nothing is published.
+
+    Not the device's fault and not a block: the backup is retried after its backoff."""
 
 
 class CommandTimeout(RayBackupError, TimeoutError):

@@ -110,6 +110,8 @@ class DeviceState:
     blocked_revision: str = ""
     last_hash: str = ""
     next_due: float | None = None
+    # The key the device showed at its last host_key_mismatch: `ray-backup hostkey accept`'s default.
+    presented_fingerprint: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,6 +134,7 @@ class BackupResult:
     duration_s: float = 0.0
     collected_at: str | None = None
     changed: bool | None = None
+    presented_fingerprint: str | None = None  # set with host_key_mismatch
 
     @property
     def ok(self) -> bool:

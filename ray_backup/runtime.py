@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from ray_backup import logs
@@ -11,6 +10,7 @@ from ray_backup.backup import Collector
 from ray_backup.coordination.base import open_coordinator
 from ray_backup.credentials.resolver import CredentialResolver
 from ray_backup.inventory.base import open_inventory
+from ray_backup.inventory.trust import HostKeys, InventoryHostKeys, SupervisorHostKeys, VerifyNotes
 from ray_backup.loop import LoopDeps, Permits, Schedule, in_thread
 from ray_backup.settings import Settings
 from ray_backup.sinks.base import open_sink
@@ -22,29 +22,29 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Coordinator, sink, credentials and collector for one process.
 
-    The inventory is opened only when a host key must be written back.
+    Host keys are written through ``host_keys`` (default: the inventory, opened for
+    each write: see ``inventory.trust``).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, host_keys: HostKeys | None = None) -> None:
         self.settings = settings
         self.coordinator = open_coordinator(settings)
         self.sink = open_sink(settings)
         self.credentials = CredentialResolver(settings)
-        self._inventory = None
-        self._inventory_lock = threading.Lock()
+        self.host_keys = host_keys or InventoryHostKeys(lambda: open_inventory(settings))
+        self._verify_notes = VerifyNotes(self.host_keys)
         self.collector = Collector(
             credentials=self.credentials,
             sink=self.sink,
             options=ssh_options(settings),
             export_mode=settings.export_mode,
             record_host_key=self.record_host_key,
+            host_key_verified=self._verify_notes,
         )
 
-    def record_host_key(self, device_id: str, fingerprint: str) -> None:
-        with self._inventory_lock:
-            if self._inventory is None:
-                self._inventory = open_inventory(self.settings)
-            self._inventory.record_host_key(device_id, fingerprint)
+    def record_host_key(self, device_id: str, fingerprint: str) -> bool:
+        """Pin a first-seen key; True when it is now the stored one (see ``Collector._trust``)."""
+        return self.host_keys.record(device_id, fingerprint)
 
     def schedule(self) -> Schedule:
         return schedule(self.settings)
@@ -60,17 +60,22 @@ class Runtime:
         return deps
 
     @classmethod
-    async def start(cls) -> Runtime:
+    async def start(cls, job_member: bool = True) -> Runtime:
         """Settings from this process's environment, logging, then the parts (off the loop:
-        opening them does network I/O)."""
+        opening them does network I/O).
+
+        ``job_member``: a device actor of the running job; with a YAML inventory its
+        host keys go to the supervisor, the sidecar's one writer. A one-shot worker
+        (False) may read another inventory than the job's, so it writes its own.
+        """
         settings = Settings.load()
         logs.setup(settings.log_level)
-        return await in_thread(cls, settings)
+        host_keys = SupervisorHostKeys() if job_member and settings.inventory_file else None
+        return await in_thread(cls, settings, host_keys)
 
     def close(self) -> None:
-        for part in (self.sink, self.coordinator, self._inventory):
-            if part is None:
-                continue
+        self._verify_notes.close()
+        for part in (self.sink, self.coordinator, self.host_keys):
             try:
                 part.close()
             except Exception as exc:

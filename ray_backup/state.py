@@ -55,6 +55,7 @@ def clear_block(state: DeviceState) -> None:
     state.consecutive_failures = 0
     state.backoff_until = 0.0
     state.blocked_revision = ""
+    state.presented_fingerprint = ""
     state.last_status = C.STATUS_PENDING
 
 
@@ -79,6 +80,7 @@ def record_result(state: DeviceState, result: BackupResult, device: Device, now:
         state.last_error_kind = ""
         state.last_error = ""
         state.blocked_revision = ""
+        state.presented_fingerprint = ""
         state.last_status = C.STATUS_SUCCESS
         state.last_success_at = now
         state.last_hash = result.sha256_hash or ""
@@ -94,6 +96,7 @@ def record_result(state: DeviceState, result: BackupResult, device: Device, now:
         state.last_status = _BLOCKED_STATUS[kind]
         state.blocked_revision = device.block_revision
         state.backoff_until = 0.0
+        state.presented_fingerprint = result.presented_fingerprint or ""
     else:
         state.last_status = C.STATUS_FAILED
         state.backoff_until = now + backoff_seconds(state.consecutive_failures)

@@ -399,6 +399,12 @@ class BackupSupervisor:
 
         return generate_latest(self.metrics.registry).decode()
 
+    async def record_host_key(self, device_id: str, fingerprint: str) -> bool:
+        """Trust on first use for device actors on any node: this process is the one
+        writer of a YAML inventory's host key sidecar. True when ``fingerprint`` is now
+        the stored key (storing it again moves only its last-verified time)."""
+        return await asyncio.to_thread(self._inventory.record_host_key, device_id, fingerprint)
+
 
 def _gone(outcome: object) -> bool:
     """A ping outcome meaning the actor will not come back by itself."""

@@ -7,12 +7,15 @@ a thread, gated by the cluster's SSH semaphore and the per-device lock.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ray_backup import constants as C
 from ray_backup.actors.device import SemaphorePermits
 from ray_backup.loop import LoopDeps, guarded_backup, in_thread
 from ray_backup.models import Device
 from ray_backup.runtime import Runtime
+
+LOCKED_POLL_S = 2.0
 
 
 class LocalPermits:
@@ -42,7 +45,7 @@ class FleetWorker:
     async def _ensure(self) -> LoopDeps:
         async with self._lock:
             if self._deps is None:
-                self._runtime = await Runtime.start()
+                self._runtime = await Runtime.start(job_member=False)
                 limit = self._runtime.settings.max_concurrent
                 self._deps = self._runtime.loop_deps(
                     SemaphorePermits(self._semaphore_name) if self._semaphore_name
@@ -50,14 +53,23 @@ class FleetWorker:
                 )
         return self._deps
 
-    async def backup(self, device: Device) -> dict:
-        """One backup with online gating, permit and lock; the result as JSON-ready dict."""
+    async def backup(self, device: Device, locked_patience_s: float = 0.0) -> dict:
+        """One backup with online gating, permit and lock; the result as JSON-ready dict.
+
+        ``locked_patience_s``: how long to keep trying while the device is locked. A
+        retry after a lost worker needs it: the lost worker's lock outlives it until
+        its TTL, and ``locked`` would then be reported for a device nobody backed up.
+        """
         deps = await self._ensure()
         if not await in_thread(deps.coordinator.is_online, device.id):
             return {"device_id": device.id, "status": C.STATUS_SKIPPED_OFFLINE, "sha256_hash": None,
                     "error_kind": None, "error": None, "duration_s": 0.0}
-        result, _ = await guarded_backup(device, deps)
-        return result.to_json()
+        deadline = time.monotonic() + locked_patience_s
+        while True:
+            result, _ = await guarded_backup(device, deps)
+            if result.status != C.STATUS_LOCKED or time.monotonic() >= deadline:
+                return result.to_json()
+            await asyncio.sleep(min(LOCKED_POLL_S, max(0.0, deadline - time.monotonic())))
 
     async def close(self) -> None:
         if self._runtime is not None:

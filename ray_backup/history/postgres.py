@@ -140,10 +140,11 @@ class PostgresHistory:
     def _insert(self, cur: psycopg.Cursor, snapshot: Snapshot, newest: Version | None) -> Stored:
         try:
             return self._insert_rows(cur, snapshot, newest)
-        except pg_errors.ForeignKeyViolation:
+        except pg_errors.ForeignKeyViolation as exc:
             raise HistoryRejected(
                 f"device {snapshot.device_id}: not in the devices table for tenant "
-                f"{snapshot.tenant_id} (the history tables require it)"
+                f"{snapshot.tenant_id}, or the tenant is unknown (the history tables require "
+                f"both: {exc.diag.constraint_name or 'a foreign key'})"
             ) from None
 
     def _insert_rows(self, cur: psycopg.Cursor, snapshot: Snapshot,

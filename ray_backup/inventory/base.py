@@ -41,7 +41,13 @@ class InventorySource(Protocol):
         """Note that the stored host key was verified just now (callers may throttle)."""
 
     def reset_host_key(self, device_id: str) -> bool:
-        """Forget a device's stored host key (operator action); False if none was found."""
+        """Forget a device's stored host key (operator action): back to trust on first use.
+
+        False if none was stored; ``UnknownDevice`` if the inventory has no such device."""
+
+    def accept_host_key(self, device_id: str, fingerprint: str) -> None:
+        """Store ``fingerprint`` in place of any stored key (operator action after a
+        mismatch); ``UnknownDevice`` if the inventory has no such device."""
 
     def close(self) -> None:
         """Release connections and files."""

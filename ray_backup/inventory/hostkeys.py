@@ -84,6 +84,12 @@ class HostKeyFile:
             if device_id in entries:
                 entries[device_id]["last_verified"] = self._now().isoformat()
 
+    def accept(self, device_id: str, fingerprint: str) -> None:
+        """An operator's choice: replaces any stored key, verified by the next backup."""
+        with self._locked() as entries:
+            entries[device_id] = {"fingerprint": fingerprint,
+                                  "first_seen": self._now().isoformat()}
+
     def reset(self, device_id: str) -> bool:
         with self._locked() as entries:
             return entries.pop(device_id, None) is not None

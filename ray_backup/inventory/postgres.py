@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from ray_backup.credentials.transit import is_transit_ciphertext
+from ray_backup.errors import UnknownDevice
 from ray_backup.inventory.base import Inventory
 from ray_backup.inventory.fields import (
     parse_db_address,
@@ -64,9 +65,22 @@ VERIFIED_QUERY = """
 UPDATE devices SET ssh_host_key_last_verified = now()
 WHERE id = %(id)s AND ssh_host_key_fingerprint IS NOT NULL
 """
+EXISTS_QUERY = "SELECT 1 FROM devices WHERE id = %(id)s"
+# Returns the key it cleared (NULL when none), no row when the device does not exist.
 RESET_QUERY = """
-UPDATE devices
+WITH old AS (
+    SELECT id, ssh_host_key_fingerprint AS fp FROM devices WHERE id = %(id)s FOR UPDATE
+)
+UPDATE devices d
 SET ssh_host_key_fingerprint = NULL, ssh_host_key_first_seen = NULL,
+    ssh_host_key_last_verified = NULL
+FROM old WHERE d.id = old.id
+RETURNING NULLIF(old.fp, '')
+"""
+# An operator's accepted key counts from now; it is verified by the next backup.
+ACCEPT_QUERY = """
+UPDATE devices
+SET ssh_host_key_fingerprint = %(fp)s, ssh_host_key_first_seen = now(),
     ssh_host_key_last_verified = NULL
 WHERE id = %(id)s
 """
@@ -113,8 +127,16 @@ class PostgresInventory:
         return inventory
 
     def record_host_key(self, device_id: str, fingerprint: str) -> bool:
+        """First writer wins: False when another key is stored; a missing row is an error."""
         params = {"id": parse_uuid(device_id), "fp": fingerprint}
-        return self._run(lambda conn: conn.execute(RECORD_QUERY, params).rowcount == 1)
+
+        def record(conn: psycopg.Connection) -> bool:
+            if conn.execute(RECORD_QUERY, params).rowcount == 1:
+                return True
+            _require_row(conn, params)
+            return False
+
+        return self._run(record)
 
     def mark_verified(self, device_id: str) -> None:
         params = {"id": parse_uuid(device_id)}
@@ -122,7 +144,23 @@ class PostgresInventory:
 
     def reset_host_key(self, device_id: str) -> bool:
         params = {"id": parse_uuid(device_id)}
-        return self._run(lambda conn: conn.execute(RESET_QUERY, params).rowcount == 1)
+
+        def reset(conn: psycopg.Connection) -> bool:
+            row = conn.execute(RESET_QUERY, params).fetchone()
+            if row is None:
+                raise UnknownDevice(f"device {params['id']} is not in the devices table")
+            return row[0] is not None
+
+        return self._run(reset)
+
+    def accept_host_key(self, device_id: str, fingerprint: str) -> None:
+        params = {"id": parse_uuid(device_id), "fp": parse_fingerprint(fingerprint)}
+
+        def accept(conn: psycopg.Connection) -> None:
+            if conn.execute(ACCEPT_QUERY, params).rowcount != 1:
+                raise UnknownDevice(f"device {params['id']} is not in the devices table")
+
+        self._run(accept)
 
     def close(self) -> None:
         with self._lock:
@@ -169,6 +207,11 @@ class PostgresInventory:
             cur.execute(f"SET LOCAL statement_timeout = '{LOAD_TIMEOUT}'")
             cur.execute(query)
             return cur.fetchall()
+
+
+def _require_row(conn: psycopg.Connection, params: dict) -> None:
+    if conn.execute(EXISTS_QUERY, params).fetchone() is None:
+        raise UnknownDevice(f"device {params['id']} is not in the devices table")
 
 
 def _add_row(inventory: Inventory, row: tuple[Any, ...]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ray_backup.errors import ConfigError
+from ray_backup.errors import ConfigError, UnknownDevice
 from ray_backup.inventory.base import Inventory, row_error
 from ray_backup.inventory.fields import (
     DEFAULT_TENANT,
@@ -257,7 +257,28 @@ class YamlInventory:
         self.hostkeys.touch(parse_uuid(device_id))
 
     def reset_host_key(self, device_id: str) -> bool:
-        return self.hostkeys.reset(parse_uuid(device_id))
+        device_id = parse_uuid(device_id)
+        if device_id not in self.hostkeys.fingerprints():
+            self._sidecar_row(device_id)  # unknown, or pinned in the file: say so
+        return self.hostkeys.reset(device_id)
+
+    def accept_host_key(self, device_id: str, fingerprint: str) -> None:
+        device_id = parse_uuid(device_id)
+        self._sidecar_row(device_id)
+        self.hostkeys.accept(device_id, parse_fingerprint(fingerprint))
+
+    def _sidecar_row(self, device_id: str) -> None:
+        """Check that ``device_id`` is a row whose key lives in the sidecar."""
+        with self._lock:
+            parsed = self._parse()
+        row = next((d for d in parsed.devices if d.id == device_id), None)
+        if row is None:
+            raise UnknownDevice(f"device {device_id} is not in {self.path}")
+        if row.host_key_fingerprint is not None:
+            raise ConfigError(
+                f"device {device_id}: its host key is pinned in {self.path} "
+                f"(ssh_host_key_fingerprint); change it there"
+            )
 
     def close(self) -> None:
         self._parsed = self._merged = None

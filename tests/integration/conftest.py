@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -66,3 +69,22 @@ def settings_from(env: dict[str, str]):
     from ray_backup.settings import Settings
 
     return Settings.load(environ={**os.environ, **env})
+
+
+@contextmanager
+def own_local_ray(prefix: str = "rb"):
+    """A small Ray of this test module's own (address="local"), even where another one runs
+    on this machine; yields its GCS address for subprocesses (RAY_ADDRESS)."""
+    import ray
+
+    from ray_backup import constants as C
+
+    assert not ray.is_initialized()
+    ray_tmp = tempfile.mkdtemp(prefix=prefix)  # short: unix socket paths live under it
+    ray.init(address="local", namespace=C.NAMESPACE, num_cpus=2, include_dashboard=False,
+             object_store_memory=80 * 1024**2, _temp_dir=ray_tmp)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -36,8 +36,7 @@ def collect(tmp_path):
 
         def record(device_id, fingerprint):
             trusted.append(fingerprint)
-            if inventory is not None:
-                inventory.record_host_key(device_id, fingerprint)
+            return inventory is None or inventory.record_host_key(device_id, fingerprint)
 
         collector = Collector(
             credentials=CredentialResolver(settings),
@@ -124,6 +123,7 @@ def test_changed_host_key_is_a_mismatch_and_no_password_is_sent(sim_fleet, colle
     result, _, _ = collect(source.load().devices[0])
     assert result.error_kind == errors.HOST_KEY_MISMATCH
     assert "stored SHA256:" in result.error
+    assert result.presented_fingerprint == sim.device(device.id).host_key_fingerprint
     assert sim.stats.commands >= 1 and sim.stats.auth_failures == auth_before
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import time
 import uuid
 
@@ -11,7 +12,7 @@ import pytest
 
 from ray_backup.credentials.legacy import encrypt_credentials
 from ray_backup.credentials.resolver import CredentialResolver
-from ray_backup.errors import ConfigError
+from ray_backup.errors import ConfigError, UnknownDevice
 from ray_backup.inventory.postgres import PostgresInventory
 from ray_backup.inventory.schema import NewDevice, add_device, add_devices, init_db
 from ray_backup.settings import Settings
@@ -197,8 +198,37 @@ def test_mark_verified_and_reset(db, inventory):
     assert seen2 == seen and verified2 > verified
     assert inventory.reset_host_key(device_id) is True
     assert host_key_columns(db, device_id) == (None, None, None)
-    assert inventory.reset_host_key(str(uuid.uuid4())) is False
+    assert inventory.reset_host_key(device_id) is False  # nothing stored
+    with pytest.raises(UnknownDevice):
+        inventory.reset_host_key(str(uuid.uuid4()))
     assert inventory.record_host_key(device_id, FP2) is True
+
+
+def test_accept_replaces_the_stored_key_and_names_an_unknown_device(db, inventory):
+    device_id = add_device(db, "192.0.2.1", "admin", "pw", KEY)
+    inventory.record_host_key(device_id, FP)
+    inventory.accept_host_key(device_id, FP2)
+    fp, seen, verified = host_key_columns(db, device_id)
+    assert (fp, verified) == (FP2, None) and seen is not None
+    assert inventory.record_host_key(device_id, FP) is False
+    with pytest.raises(UnknownDevice):
+        inventory.accept_host_key(str(uuid.uuid4()), FP)
+    with pytest.raises(UnknownDevice):  # never "a different key is stored"
+        inventory.record_host_key(str(uuid.uuid4()), FP)
+
+
+def test_concurrent_first_uses_store_exactly_one_key(db):
+    """Two processes trust a device at once: the conditional UPDATE lets one win."""
+    device_id = add_device(db, "192.0.2.1", "admin", "pw", KEY)
+    keys = ["SHA256:" + c * 43 for c in "CDEFGH"]
+    inventories = [PostgresInventory(db) for _ in keys]
+    with concurrent.futures.ThreadPoolExecutor(len(keys)) as pool:
+        won = list(pool.map(lambda pair: pair[0].record_host_key(device_id, pair[1]),
+                            zip(inventories, keys, strict=True)))
+    for inv in inventories:
+        inv.close()
+    assert won.count(True) == 1
+    assert host_key_columns(db, device_id)[0] == keys[won.index(True)]
 
 
 def test_reconnects_after_the_server_drops_the_connection(db, inventory):

@@ -11,7 +11,9 @@ from ray_backup.snapshot import Snapshot
 
 DEVICE = "11111111-1111-4111-8111-111111111111"
 TENANT = "22222222-2222-4222-8222-222222222222"
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+# Ten days ago, on the hour: recent for the default retention (CONFIG_RETENTION_DAYS, 90,
+# which every store of a device applies), old for a test's retention_days=1.
+START = (datetime.now(timezone.utc) - timedelta(days=10)).replace(minute=0, second=0, microsecond=0)
 
 
 def capture_text(name: str = "L009UiGS_7.15.2") -> str:
@@ -20,7 +22,7 @@ def capture_text(name: str = "L009UiGS_7.15.2") -> str:
 
 
 def at(hours: float) -> str:
-    """``START`` plus ``hours``, RFC 3339 (recent enough for retention: set ``START`` apart)."""
+    """``START`` plus ``hours``, RFC 3339."""
     return (START + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -14,13 +14,14 @@ from ray_backup.inventory.yamlfile import YamlInventory, hostkeys_path
 
 ID1 = "7d0c6a1e-3f57-4c7e-9a8e-2b1f0c9d4e51"
 ID2 = "0b8f3c4d-1111-4222-8333-944455556666"
+ID3 = "3c2b1a00-9999-4aaa-8bbb-cccccccccccc"  # in no inventory
 FP_A = "SHA256:" + "A" * 43
 FP_B = "SHA256:" + "B" * 43
 FP_PIN = "SHA256:" + "P" * 43
 
 
-@pytest.fixture
-def inventory(tmp_path):
+def write_inventory(tmp_path):
+    """ID1 trusted on first use, ID2 pinned in the file."""
     path = tmp_path / "inv.yaml"
     path.write_text(
         "devices:\n"
@@ -28,7 +29,12 @@ def inventory(tmp_path):
         f"  - {{id: {ID2}, host: 10.0.0.2, username: a, password: b,"
         f" ssh_host_key_fingerprint: '{FP_PIN}'}}\n"
     )
-    return YamlInventory(path)
+    return path
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    return YamlInventory(write_inventory(tmp_path))
 
 
 def fingerprints(inv: YamlInventory) -> dict[str, str | None]:
@@ -117,3 +123,33 @@ def test_concurrent_writers_in_several_processes_lose_nothing(tmp_path):
         p.join(60)
     assert all(p.exitcode == 0 for p in procs)
     assert len(HostKeyFile(path).fingerprints()) == 100
+
+
+
+def test_accept_replaces_the_stored_key_and_waits_for_a_backup_to_verify_it(inventory):
+    inventory.record_host_key(ID1, FP_A)
+    inventory.accept_host_key(ID1, FP_B + "=")  # as ssh-keygen may print it
+    assert fingerprints(inventory)[ID1] == FP_B
+    entry = json.loads(hostkeys_path(inventory.path).read_text())[ID1]
+    assert entry["fingerprint"] == FP_B and entry["first_seen"] and "last_verified" not in entry
+    assert inventory.record_host_key(ID1, FP_A) is False  # the accepted key is now the pinned one
+
+
+def test_accept_and_reset_name_unknown_and_pinned_devices(inventory):
+    from ray_backup.errors import UnknownDevice
+
+    with pytest.raises(UnknownDevice, match=ID3):
+        inventory.accept_host_key(ID3, FP_A)
+    with pytest.raises(UnknownDevice, match=ID3):
+        inventory.reset_host_key(ID3)
+    with pytest.raises(ConfigError, match="pinned in .*inv.yaml"):
+        inventory.accept_host_key(ID2, FP_A)
+    with pytest.raises(ConfigError, match="pinned"):
+        inventory.reset_host_key(ID2)
+    with pytest.raises(ValueError, match="SHA256"):
+        inventory.accept_host_key(ID1, "MD5:aa:bb")
+    assert not hostkeys_path(inventory.path).exists()
+
+
+def test_reset_of_a_device_with_no_key_is_not_an_error(inventory):
+    assert inventory.reset_host_key(ID1) is False

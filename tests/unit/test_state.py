@@ -75,3 +75,19 @@ def test_state_round_trips_through_dict_and_ignores_unknown_fields():
     state = DeviceState(consecutive_failures=2, backoff_until=12.5, last_error_kind="timeout")
     again = DeviceState.from_dict({**state.to_dict(), "from_a_newer_version": 1})
     assert again == state
+
+
+def test_a_mismatch_keeps_the_presented_key_until_the_block_lifts():
+    device = Device("d1", "10.0.0.1", host_key_fingerprint="SHA256:" + "A" * 43)
+    state = DeviceState()
+    presented = "SHA256:" + "B" * 43
+    failed = BackupResult("d1", C.STATUS_FAILED, error_kind=errors.HOST_KEY_MISMATCH,
+                          error="host key changed", presented_fingerprint=presented)
+    record_result(state, failed, device, now=10.0)
+    assert state.presented_fingerprint == presented
+    assert DeviceState.from_dict(state.to_dict()).presented_fingerprint == presented
+    accepted = Device("d1", "10.0.0.1", host_key_fingerprint=presented)
+    assert unblock_if_changed(state, accepted) and state.presented_fingerprint == ""
+    record_result(state, failed, device, now=20.0)
+    record_result(state, BackupResult("d1", C.STATUS_SUCCESS, sha256_hash="h"), device, now=30.0)
+    assert state.presented_fingerprint == ""
