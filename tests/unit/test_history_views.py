@@ -10,7 +10,7 @@ from ray_backup.history import commands
 from ray_backup.history.base import HistoryLookupError
 from ray_backup.history.directory import DirectoryHistory
 from ray_backup.history.views import HistoryViews, NoHistory, sectioned
-from tests.support.history import snapshot
+from tests.support.history import at, snapshot
 
 ROUTER_A = "a1b2c3d4-0000-4000-8000-000000000001"
 ROUTER_B = "b1b2c3d4-0000-4000-8000-000000000002"
@@ -30,11 +30,10 @@ CONFIG_3 = CONFIG_2.replace("password=s3cret", "password=n3w-s3cret")
 @pytest.fixture
 def store(tmp_path):
     s = DirectoryHistory(tmp_path)
-    for device, text, at in [(ROUTER_A, CONFIG_1, "2026-11-30T10:00:00Z"),
-                             (ROUTER_A, CONFIG_2, "2026-11-30T11:00:00Z"),
-                             (ROUTER_A, CONFIG_3, "2026-11-30T12:00:00Z"),
-                             (ROUTER_B, CONFIG_1, "2026-11-30T10:00:01Z")]:
-        s.store(snapshot(text, at, device=device))
+    # Recent times (tests.support.history.at): the store's 90-day retention keeps them.
+    for device, text, hours in [(ROUTER_A, CONFIG_1, 0), (ROUTER_A, CONFIG_2, 1),
+                                (ROUTER_A, CONFIG_3, 2), (ROUTER_B, CONFIG_1, 0.001)]:
+        s.store(snapshot(text, at(hours), device=device))
     yield s
     s.close()
 
@@ -67,7 +66,7 @@ def test_a_known_device_without_versions_is_no_history_not_bad_input(store):
 
 def test_diff_defaults_to_the_last_two_versions_and_masks_secrets(store):
     change = HistoryViews(store).diff(ROUTER_A)
-    assert change.old.collected_at == "2026-11-30T11:00:00Z"
+    assert change.old.collected_at == at(1)
     assert "-add name=backup password=*** group=read" in change.text
     assert "s3cret" not in change.text and "hunter22" not in change.text
     shown = HistoryViews(store, show_secrets=True).diff(ROUTER_A)
@@ -93,7 +92,7 @@ def test_a_first_version_has_nothing_to_diff_with(store):
 
 def test_show_gives_the_newest_text_masked_unless_asked(store):
     version, text = HistoryViews(store).text(ROUTER_A)
-    assert version.collected_at == "2026-11-30T12:00:00Z"
+    assert version.collected_at == at(2)
     assert "password=***" in text and "wpa2-pre-shared-key=***" in text
     assert "n3w-s3cret" in HistoryViews(store, show_secrets=True).text(ROUTER_A)[1]
 
