@@ -135,9 +135,6 @@ class HistoryWriter:
                                             "store_failures", "commit_failures")},
         }
 
-    def ping(self) -> str:
-        return self.name
-
     # -- the loop ----------------------------------------------------------------
 
     def _run(self) -> None:

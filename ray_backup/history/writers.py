@@ -42,6 +42,8 @@ def start(settings: Settings, env: dict[str, str]) -> list:
     node = None if settings.database_url else ray.get_runtime_context().get_node_id()
     writers = [options.history_writer(f"{C.HISTORY_WRITER_PREFIX}{n}", env, node)
                for n in range(count)]
+    for writer in writers:  # a re-adopted writer whose loop was stopped runs again
+        writer.start.remote()
     if writers:
         where = "PostgreSQL" if settings.database_url else settings.output_dir
         log.info("history: %d writer(s) consuming %s as group %s into %s", count,
@@ -77,12 +79,14 @@ def stop(grace_s: float = 10.0) -> int:
 
 def stats() -> list[dict]:
     """Every running writer's ``stats()``; a writer that does not answer in time is left out."""
-    writers = running()
-    refs = [handle.stats.remote() for _, handle in writers]
+    refs = [handle.stats.remote() for _, handle in running()]
+    if not refs:
+        return []
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=STATS_TIMEOUT_S)
     found = []
-    for ref in refs:
+    for ref in ready:
         try:
-            found.append(ray.get(ref, timeout=STATS_TIMEOUT_S))
-        except Exception as exc:
+            found.append(ray.get(ref))
+        except Exception as exc:  # died meanwhile: its successor answers next time
             log.debug("history writer stats: %s", exc)
     return found

@@ -1,6 +1,6 @@
 """Every benchmark script runs once in a tiny configuration and writes its results file.
 
-The benchmarks are scripts, not timed tests: this only keeps them working. The five
+The benchmarks are scripts, not timed tests: this only keeps them working. The six
 run at the same time (each in its own process, with its own Ray), so the module costs
 about as long as the slowest one.
 """
@@ -27,6 +27,7 @@ TINY = {
                        "--settle", "0", "--redis-url", "none"],
     "reconcile": ["--rows", "20", "--devices-per-actor", "10", "--repeats", "1"],
     "placement": ["--per-device", "", "--packed", "12", "--devices-per-actor", "2"],
+    "history_writers": ["--seconds", "3", "--warmup", "1", "--devices", "10", "--backlog", "200"],
 }
 
 EXPECTED_KEYS = {
@@ -35,12 +36,13 @@ EXPECTED_KEYS = {
     "memory_startup": ("runs", "summary"),
     "reconcile": ("unchanged", "changed", "summary"),
     "placement": ("runs",),
+    "history_writers": ("summary", "check", "per_second"),
 }
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, redis_url, kafka_bootstrap):
-    """All five scripts, started together; name -> (process, results path, log path)."""
+    """All six scripts, started together; name -> (process, results path, log path)."""
     out = tmp_path_factory.mktemp("bench")
     procs = {}
     for name, args in TINY.items():
