@@ -21,6 +21,9 @@ DEVICE_STATUS_KEY = "device:{device_id}:status"
 DEVICE_LOCK_KEY = "backup:device:{device_id}"
 # Our own keys live under a configurable prefix.
 DEVICE_STATE_KEY = "{prefix}state:{device_id}"
+# The SSH semaphore's granted leases (a hash: lease id -> holder and expiry), so that a
+# semaphore restarted by Ray neither forgets nor re-issues permits still held.
+SEMAPHORE_LEASES_KEY = "{prefix}semaphore:leases"
 DEFAULT_REDIS_PREFIX = "ray_backup:"
 
 # Status values written to the status table and the backup_total metric.

@@ -34,16 +34,16 @@ class SemaphorePermits:
             self._handle = ray.get_actor(self._name, namespace=C.NAMESPACE)
         return self._handle
 
-    async def acquire(self, holder: str, lease_s: float) -> int:
+    async def acquire(self, holder: str, lease_s: float) -> str:
         try:
             return await self._semaphore().acquire.remote(holder, lease_s)
         except (ray.exceptions.RayActorError, ValueError):
             self._handle = None  # restarted or recreated: look it up again next time
             raise
 
-    async def release(self, lease: int) -> None:
+    async def release(self, lease: str, holder: str) -> None:
         try:
-            await self._semaphore().release.remote(lease)
+            await self._semaphore().release.remote(lease, holder)
         except (ray.exceptions.RayActorError, ValueError) as exc:
             self._handle = None
             log.warning("could not return ssh permit (it will expire): %s", exc)

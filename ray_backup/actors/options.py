@@ -21,7 +21,7 @@ def semaphore(limit: int, logins_per_second: float, env_vars: dict[str, str] | N
         ray.remote(SSHSemaphore)
         .options(name=C.SEMAPHORE_NAME, get_if_exists=True, max_concurrency=100_000,
                  runtime_env=_runtime_env(env_vars), **_COMMON)
-        .remote(limit, logins_per_second)
+        .remote(limit, logins_per_second, persist=True)
     )
 
 

@@ -28,7 +28,7 @@ class LocalPermits:
         await self._semaphore.acquire()
         return 0
 
-    async def release(self, lease: int) -> None:
+    async def release(self, lease: int, holder: str) -> None:
         self._semaphore.release()
 
 
