@@ -34,7 +34,12 @@ class HistorySink:
 
     def publish(self, snapshot: Snapshot) -> None:
         self.inner.publish(snapshot)
-        stored = self._store(snapshot)
+        try:
+            stored = self._store(snapshot)
+        finally:
+            # A device backs up every few hours and there may be one process per device: hold
+            # no idle database connection in between (PostgresHistory reconnects on next use).
+            self.store.close()
         if stored.outcome == "stale":
             log.info("device %s: snapshot %s is older than the newest version in history; "
                      "not stored", snapshot.device_id, snapshot.sha256_hash[:12])

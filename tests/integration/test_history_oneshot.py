@@ -10,11 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from ray_backup.history.changes import FileChangeSink
 from ray_backup.history.postgres import PostgresHistory
 from ray_backup.inventory.schema import init_db
 from ray_backup.simulator import Simulator, make_fleet, write_inventory_yaml
+from ray_backup.sinks.directory import DirectorySink
+from ray_backup.sinks.history import HistorySink
+from tests.support.history import DEVICE, at, capture_text, snapshot, variants
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -66,3 +71,30 @@ def test_one_shot_backup_with_a_database_and_no_kafka_writes_history_itself(pg_u
     assert all((r["status"], r["error_kind"]) == ("failed", "publish_failed")
                for r in failed.values()), failed
     assert all("history" in r["error"] for r in failed.values())
+
+
+def test_the_history_sink_holds_no_idle_database_connection(pg_url, tmp_path):
+    """One process per device may each hold a HistorySink: between backups none keeps a
+    connection open."""
+    init_db(pg_url)
+    database = psycopg.conninfo.conninfo_to_dict(pg_url)["dbname"]
+    sink = HistorySink(DirectorySink(tmp_path / "out"), PostgresHistory(pg_url),
+                       FileChangeSink(tmp_path / "out"))
+    texts = variants(capture_text(), 2)
+
+    def connections() -> int:
+        with psycopg.connect(pg_url) as conn:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                                "AND pid <> pg_backend_pid()", (database,)).fetchone()[0]
+
+    try:
+        for n, text in enumerate(texts):
+            sink.publish(snapshot(text, at(n)))
+            assert connections() == 0
+    finally:
+        sink.close()
+    store = PostgresHistory(pg_url)
+    try:
+        assert len(store.versions(DEVICE)) == 2
+    finally:
+        store.close()
