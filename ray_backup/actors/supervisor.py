@@ -12,16 +12,13 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
-from collections import Counter
-from dataclasses import dataclass, field
 
 import ray
 
 from ray_backup import constants as C
 from ray_backup import logs
-from ray_backup.actors import options, placement
-from ray_backup.actors.placement import least_loaded, moves_to_balance
+from ray_backup.actors import placement
+from ray_backup.actors.device_actors import DeviceActors
 from ray_backup.actors.selfstart import call_self_soon
 from ray_backup.inventory.base import open_inventory
 from ray_backup.metrics import FleetMetrics
@@ -30,27 +27,13 @@ from ray_backup.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PING_TIMEOUT_S = 30.0
-
-
-@dataclass
-class Host:
-    """A device actor as the supervisor knows it."""
-
-    name: str
-    handle: object
-    device_ids: set[str] = field(default_factory=set)
-    node_id: str | None = None
-    incarnation: str | None = None
-
-
 class BackupSupervisor:
     def __init__(self) -> None:
         self.settings = Settings.load()
         logs.setup(self.settings.log_level)
         self._inventory = open_inventory(self.settings)
         self.devices: dict[str, Device] = {}
-        self.hosts: dict[str, Host] = {}
+        self.actors = DeviceActors(self.settings.devices_per_actor)
         self.rows: dict[str, dict] = {}
         self._semaphore_stats: dict = {}
         self._known_errors: set[str] = set()
@@ -66,7 +49,7 @@ class BackupSupervisor:
         call_self_soon("start")
 
     def __repr__(self) -> str:
-        return f"BackupSupervisor({len(self.devices)} devices, {len(self.hosts)} actors)"
+        return f"BackupSupervisor({len(self.devices)} devices, {len(self.actors)} actors)"
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self, driver_lease_s: float | None = None) -> dict:
@@ -82,7 +65,7 @@ class BackupSupervisor:
         await asyncio.shield(self._starting)
         return {
             "devices": len(self.devices),
-            "actors": len(self.hosts),
+            "actors": len(self.actors),
             "metrics": self.metrics_address(),
             "settings_seen": sorted(k for k, v in self.settings.summary().items() if v),
         }
@@ -90,7 +73,8 @@ class BackupSupervisor:
     async def _start(self) -> None:
         self._reconcile_lock = asyncio.Lock()
         self._serve_metrics()
-        await self._adopt()
+        for row in await self.actors.adopt():
+            self.rows[row["device_id"]] = row
         await self.reconcile()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -134,11 +118,9 @@ class BackupSupervisor:
         """Stop every device actor cleanly and remove it; return how many were removed."""
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-        hosts = list(self.hosts.values())
-        await asyncio.gather(*(self._retire(h, grace_s) for h in hosts), return_exceptions=True)
-        self.hosts.clear()
+        removed = await self.actors.retire_all(grace_s)
         self.metrics.close()
-        return len(hosts)
+        return removed
 
     def _serve_metrics(self) -> None:
         if self._metrics_server is not None:
@@ -168,9 +150,9 @@ class BackupSupervisor:
                 inventory = await asyncio.to_thread(self._inventory.load)
             except Exception as exc:
                 self.metrics.reconcile_errors.inc()
-                log.error("inventory read failed, keeping %d device actors: %s", len(self.hosts), exc)
+                log.error("inventory read failed, keeping %d device actors: %s", len(self.actors), exc)
                 inventory = None
-            await self._step("check actors", self._check_hosts)
+            await self._step("check actors", self._check_actors)
             if inventory is not None:
                 summary["inventory_ok"] = True
                 self._report_rows(inventory.errors, inventory.skipped)
@@ -201,150 +183,37 @@ class BackupSupervisor:
     async def _apply(self, devices: list[Device], summary: dict) -> None:
         wanted = {d.id: d for d in devices}
         for device_id in [i for i in self.devices if i not in wanted]:
-            await self._remove_device(device_id)
+            self.devices.pop(device_id, None)
+            self.rows.pop(device_id, None)
+            await self.actors.remove(device_id)
             summary["removed"] += 1
-        hosted = {i for h in self.hosts.values() for i in h.device_ids}
+        hosted = self.actors.hosted()
         new = [d for d in devices if d.id not in hosted]
         changed = [d for d in devices if d.id in hosted and self.devices.get(d.id) != d]
         self.devices = wanted
         self._warn_if_not_fitting(len(wanted))
         # One index instead of a scan of every host per changed device, and the
         # updates sent together: a fleet-wide credential rotation is one round trip.
-        host_of = {i: h for h in self.hosts.values() for i in h.device_ids}
-        updates = [host_of[d.id].handle.update.remote(d) for d in changed if d.id in host_of]
+        updates = [hosted[d.id].handle.update.remote(d) for d in changed]
         await asyncio.gather(*updates)
         summary["updated"] += len(updates)
-        await self._add_devices(new)
+        await self.actors.add(new)
         summary["added"] += len(new)
         for device in devices:
             self.rows.setdefault(device.id, _pending_row(device))
 
-    async def _add_devices(self, devices: list[Device]) -> None:
-        if not devices:
-            return
-        nodes = await self._alive_nodes()
-        load = Counter({n: 0 for n in nodes})
-        for host in self.hosts.values():
-            load[host.node_id] += len(host.device_ids)
-        per_actor = self.settings.devices_per_actor
-        created = []
-        if per_actor == 1:
-            for device in devices:
-                node = least_loaded(nodes, load)
-                load[node] += 1
-                created.append(self._create_host(device.actor_name, [device], node))
-        else:
-            open_hosts = [h for h in self.hosts.values() if len(h.device_ids) < per_actor]
-            queue = list(devices)
-            for host in open_hosts:
-                while queue and len(host.device_ids) < per_actor:
-                    device = queue.pop(0)
-                    await host.handle.update.remote(device)
-                    host.device_ids.add(device.id)
-            while queue:
-                batch, queue = queue[:per_actor], queue[per_actor:]
-                node = least_loaded(nodes, load)
-                load[node] += len(batch)
-                name = f"{C.DEVICE_GROUP_PREFIX}{uuid.uuid4().hex[:12]}"
-                created.append(self._create_host(name, batch, node))
-        await asyncio.gather(*created)
-
-    async def _create_host(self, name: str, devices: list[Device], node_id: str | None) -> None:
-        handle = options.device_actor(name, devices, node_id)
-        host = Host(name, handle, {d.id for d in devices}, node_id)
-        self.hosts[name] = host
-        try:
-            info = await asyncio.wait_for(handle.ping.remote(), PING_TIMEOUT_S)
-        except Exception as exc:
-            log.warning("device actor %s not up yet: %s", name, exc)
-            return
-        host.node_id, host.incarnation = info["node_id"], info["incarnation"]
-
-    async def _remove_device(self, device_id: str) -> None:
-        self.devices.pop(device_id, None)
-        self.rows.pop(device_id, None)
-        host = self._host_of(device_id)
-        if host is None:
-            return
-        host.device_ids.discard(device_id)
-        await host.handle.remove.remote(device_id)
-        if not host.device_ids:
-            await self._retire(host)
-            self.hosts.pop(host.name, None)
-
-    async def _retire(self, host: Host, grace_s: float = 10.0) -> None:
-        try:
-            await asyncio.wait_for(host.handle.stop.remote(grace_s), grace_s + 5)
-        except Exception as exc:
-            log.warning("device actor %s did not stop cleanly: %s", host.name, exc)
-        ray.kill(host.handle, no_restart=True)
-
-    async def _check_hosts(self) -> None:
-        """Ping every actor: (re)start its loops, learn its node, resend rows after a restart."""
-        hosts = list(self.hosts.values())
-        results = await asyncio.gather(
-            *(asyncio.wait_for(h.handle.ping.remote(), PING_TIMEOUT_S) for h in hosts),
-            return_exceptions=True,
-        )
-        for host, info in zip(hosts, results, strict=True):
-            if _gone(info):
-                log.warning("device actor %s is gone; its devices will be recreated", host.name)
-                self.hosts.pop(host.name, None)
-                continue
-            if isinstance(info, BaseException):
-                log.warning("device actor %s did not answer: %s", host.name, info)
-                continue
-            restarted = host.incarnation is not None and info["incarnation"] != host.incarnation
-            host.node_id, host.incarnation = info["node_id"], info["incarnation"]
-            for device_id in host.device_ids:
-                if device_id in self.rows:
-                    self.rows[device_id]["node_id"] = host.node_id
-            if restarted:
-                log.info("device actor %s restarted on node %s", host.name, host.node_id[:8])
-                for device_id in host.device_ids:
-                    if device_id in self.devices:
-                        await host.handle.update.remote(self.devices[device_id])
+    async def _check_actors(self) -> None:
+        await self.actors.check(self.devices)
+        for device_id, record in self.actors.hosted().items():
+            if device_id in self.rows:
+                self.rows[device_id]["node_id"] = record.node_id
 
     async def _balance(self, summary: dict) -> None:
-        nodes = await self._alive_nodes()
-        layout = {h.name: (h.node_id, len(h.device_ids)) for h in self.hosts.values()}
-        for name, target in moves_to_balance(nodes, layout):
-            host = self.hosts[name]
-            devices = [self.devices[i] for i in host.device_ids if i in self.devices]
-            await self._retire(host)
-            await self._create_host(name, devices, target)
-            summary["moved"] += 1
+        summary["moved"] += await self.actors.balance(self.devices)
 
     async def _poll_semaphore(self) -> None:
         handle = ray.get_actor(C.SEMAPHORE_NAME, namespace=C.NAMESPACE)
         self._semaphore_stats = await handle.stats.remote()
-
-    async def _adopt(self) -> None:
-        """After a restart: take over the device actors that are still alive."""
-        names = [
-            a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a.get("namespace") == C.NAMESPACE
-            and a["name"].startswith((C.DEVICE_ACTOR_PREFIX, C.DEVICE_GROUP_PREFIX))
-        ]
-        for name in names:
-            try:
-                handle = ray.get_actor(name, namespace=C.NAMESPACE)
-                info = await asyncio.wait_for(handle.ping.remote(), PING_TIMEOUT_S)
-                rows = await handle.status.remote()
-            except Exception as exc:
-                log.warning("could not adopt device actor %s: %s", name, exc)
-                continue
-            self.hosts[name] = Host(
-                name, handle, set(info["device_ids"]), info["node_id"], info["incarnation"]
-            )
-            for row in rows:
-                self.rows[row["device_id"]] = row
-        if names:
-            log.info("re-adopted %d live device actors", len(self.hosts))
-
-    async def _alive_nodes(self) -> list[str]:
-        nodes = await asyncio.to_thread(ray.nodes)
-        return sorted(n["NodeID"] for n in nodes if n.get("Alive"))
 
     def _warn_if_not_fitting(self, count: int) -> None:
         if self._fit_warned or not count:
@@ -355,12 +224,6 @@ class BackupSupervisor:
         )
         if warning:
             log.warning("%s", warning)
-
-    def _host_of(self, device_id: str) -> Host | None:
-        for host in self.hosts.values():
-            if device_id in host.device_ids:
-                return host
-        return None
 
     # -- served to device actors, the CLI and notebooks ------------------------------
     def report(self, row: dict) -> None:
@@ -382,13 +245,8 @@ class BackupSupervisor:
         """Today's inventory rows, for device actors (re)starting their loops."""
         return {i: self.devices[i] for i in device_ids if i in self.devices}
 
-    def locate(self, device_ids: list[str] | None = None) -> dict[str, str]:
-        """Which actor hosts each device (all devices when ``device_ids`` is None)."""
-        wanted = set(device_ids) if device_ids is not None else set(self.devices)
-        return {i: h.name for h in self.hosts.values() for i in h.device_ids if i in wanted}
-
     async def trigger(self, device_id: str) -> dict:
-        host = self._host_of(device_id)
+        host = self.actors.record_of(device_id)
         if host is None:
             return {"device_id": device_id, "status": C.STATUS_FAILED, "sha256_hash": None,
                     "error": f"unknown device {device_id}"}
@@ -404,13 +262,6 @@ class BackupSupervisor:
         writer of a YAML inventory's host key sidecar. True when ``fingerprint`` is now
         the stored key (storing it again moves only its last-verified time)."""
         return await asyncio.to_thread(self._inventory.record_host_key, device_id, fingerprint)
-
-
-def _gone(outcome: object) -> bool:
-    """A ping outcome meaning the actor will not come back by itself."""
-    if isinstance(outcome, ray.exceptions.ActorUnschedulableError):
-        return True  # its node died: hard affinity keeps Ray from restarting it elsewhere
-    return isinstance(outcome, ray.exceptions.RayActorError) and "restarting" not in str(outcome).lower()
 
 
 def _pending_row(device: Device) -> dict:
