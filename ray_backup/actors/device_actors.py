@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import ray
 
 from ray_backup import constants as C
-from ray_backup.actors import options
 from ray_backup.actors.placement import least_loaded, moves_to_balance
 from ray_backup.models import Device
 
@@ -35,12 +34,39 @@ class DeviceActorRecord:
     incarnation: str | None = None
 
 
+class RayActorOps:
+    """The Ray calls the bookkeeping makes (tests pass a fake)."""
+
+    def create(self, name: str, devices: list[Device], node_id: str | None):
+        from ray_backup.actors import options  # options imports the actor classes
+
+        return options.device_actor(name, devices, node_id)
+
+    def lookup(self, name: str):
+        return ray.get_actor(name, namespace=C.NAMESPACE)
+
+    def names(self) -> list[str]:
+        return [
+            a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a.get("namespace") == C.NAMESPACE
+            and a["name"].startswith((C.DEVICE_ACTOR_PREFIX, C.DEVICE_GROUP_PREFIX))
+        ]
+
+    def kill(self, handle) -> None:
+        ray.kill(handle, no_restart=True)
+
+    def nodes(self) -> list[str]:
+        return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+
 class DeviceActors:
     """The device actors of the fleet, by name."""
 
-    def __init__(self, devices_per_actor: int) -> None:
+    def __init__(self, devices_per_actor: int, ops: RayActorOps | None = None) -> None:
         self.per_actor = devices_per_actor
+        self.ops = ops or RayActorOps()
         self.records: dict[str, DeviceActorRecord] = {}
+        self.devices: dict[str, Device] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -52,11 +78,28 @@ class DeviceActors:
     def record_of(self, device_id: str) -> DeviceActorRecord | None:
         return self.hosted().get(device_id)
 
+    async def sync(self, wanted: dict[str, Device]) -> dict[str, int]:
+        summary = {"added": 0, "removed": 0, "updated": 0}
+        for device_id in [i for i in self.devices if i not in wanted]:
+            self.devices.pop(device_id, None)
+            await self.remove(device_id)
+            summary["removed"] += 1
+        hosted = self.hosted()
+        new = [d for d in wanted.values() if d.id not in hosted]
+        changed = [d for d in wanted.values() if d.id in hosted and self.devices.get(d.id) != d]
+        self.devices = dict(wanted)
+        updates = [hosted[d.id].handle.update.remote(d) for d in changed]
+        await asyncio.gather(*updates)
+        summary["updated"] += len(updates)
+        await self.add(new)
+        summary["added"] += len(new)
+        return summary
+
     # -- create and retire ---------------------------------------------------------------
     async def add(self, devices: list[Device]) -> None:
         if not devices:
             return
-        nodes = await alive_nodes()
+        nodes = await asyncio.to_thread(self.ops.nodes)
         load = Counter({n: 0 for n in nodes})
         for record in self.records.values():
             load[record.node_id] += len(record.device_ids)
@@ -83,7 +126,7 @@ class DeviceActors:
         await asyncio.gather(*created)
 
     async def create(self, name: str, devices: list[Device], node_id: str | None) -> None:
-        handle = options.device_actor(name, devices, node_id)
+        handle = self.ops.create(name, devices, node_id)
         record = DeviceActorRecord(name, handle, {d.id for d in devices}, node_id)
         self.records[name] = record
         try:
@@ -100,17 +143,17 @@ class DeviceActors:
         record.device_ids.discard(device_id)
         await record.handle.remove.remote(device_id)
         if not record.device_ids:
-            await retire(record)
+            await self._retire(record)
             self.records.pop(record.name, None)
 
     async def retire_all(self, grace_s: float) -> int:
         records = list(self.records.values())
-        await asyncio.gather(*(retire(r, grace_s) for r in records), return_exceptions=True)
+        await asyncio.gather(*(self._retire(r, grace_s) for r in records), return_exceptions=True)
         self.records.clear()
         return len(records)
 
     # -- check, balance, adopt -------------------------------------------------------------
-    async def check(self, devices: dict[str, Device]) -> None:
+    async def check(self) -> None:
         """Ping every actor: (re)start its loops, learn its node, resend rows after a restart."""
         records = list(self.records.values())
         results = await asyncio.gather(
@@ -130,32 +173,28 @@ class DeviceActors:
             if restarted:
                 log.info("device actor %s restarted on node %s", record.name, record.node_id[:8])
                 for device_id in record.device_ids:
-                    if device_id in devices:
-                        await record.handle.update.remote(devices[device_id])
+                    if device_id in self.devices:
+                        await record.handle.update.remote(self.devices[device_id])
 
     async def balance(self, devices: dict[str, Device]) -> int:
         """Move single-device actors until every node hosts about as many; return the moves."""
-        nodes = await alive_nodes()
+        nodes = await asyncio.to_thread(self.ops.nodes)
         layout = {r.name: (r.node_id, len(r.device_ids)) for r in self.records.values()}
         moves = moves_to_balance(nodes, layout)
         for name, target in moves:
             record = self.records[name]
             rows = [devices[i] for i in record.device_ids if i in devices]
-            await retire(record)
+            await self._retire(record)
             await self.create(name, rows, target)
         return len(moves)
 
     async def adopt(self) -> list[dict]:
         """After a restart: take over the device actors that are still alive; their status rows."""
-        names = [
-            a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a.get("namespace") == C.NAMESPACE
-            and a["name"].startswith((C.DEVICE_ACTOR_PREFIX, C.DEVICE_GROUP_PREFIX))
-        ]
+        names = self.ops.names()
         rows: list[dict] = []
         for name in names:
             try:
-                handle = ray.get_actor(name, namespace=C.NAMESPACE)
+                handle = self.ops.lookup(name)
                 info = await asyncio.wait_for(handle.ping.remote(), PING_TIMEOUT_S)
                 rows += await handle.status.remote()
             except Exception as exc:
@@ -168,18 +207,12 @@ class DeviceActors:
             log.info("re-adopted %d live device actors", len(self.records))
         return rows
 
-
-async def retire(record: DeviceActorRecord, grace_s: float = 10.0) -> None:
-    try:
-        await asyncio.wait_for(record.handle.stop.remote(grace_s), grace_s + 5)
-    except Exception as exc:
-        log.warning("device actor %s did not stop cleanly: %s", record.name, exc)
-    ray.kill(record.handle, no_restart=True)
-
-
-async def alive_nodes() -> list[str]:
-    nodes = await asyncio.to_thread(ray.nodes)
-    return sorted(n["NodeID"] for n in nodes if n.get("Alive"))
+    async def _retire(self, record: DeviceActorRecord, grace_s: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(record.handle.stop.remote(grace_s), grace_s + 5)
+        except Exception as exc:
+            log.warning("device actor %s did not stop cleanly: %s", record.name, exc)
+        self.ops.kill(record.handle)
 
 
 def gone(outcome: object) -> bool:

@@ -183,27 +183,16 @@ class BackupSupervisor:
     async def _apply(self, devices: list[Device], summary: dict) -> None:
         wanted = {d.id: d for d in devices}
         for device_id in [i for i in self.devices if i not in wanted]:
-            self.devices.pop(device_id, None)
             self.rows.pop(device_id, None)
-            await self.actors.remove(device_id)
-            summary["removed"] += 1
-        hosted = self.actors.hosted()
-        new = [d for d in devices if d.id not in hosted]
-        changed = [d for d in devices if d.id in hosted and self.devices.get(d.id) != d]
         self.devices = wanted
         self._warn_if_not_fitting(len(wanted))
-        # One index instead of a scan of every host per changed device, and the
-        # updates sent together: a fleet-wide credential rotation is one round trip.
-        updates = [hosted[d.id].handle.update.remote(d) for d in changed]
-        await asyncio.gather(*updates)
-        summary["updated"] += len(updates)
-        await self.actors.add(new)
-        summary["added"] += len(new)
+        for key, count in (await self.actors.sync(wanted)).items():
+            summary[key] += count
         for device in devices:
             self.rows.setdefault(device.id, _pending_row(device))
 
     async def _check_actors(self) -> None:
-        await self.actors.check(self.devices)
+        await self.actors.check()
         for device_id, record in self.actors.hosted().items():
             if device_id in self.rows:
                 self.rows[device_id]["node_id"] = record.node_id
