@@ -32,7 +32,8 @@ class BackupSupervisor:
         self.settings = Settings.load()
         logs.setup(self.settings.log_level)
         self._inventory = open_inventory(self.settings)
-        self.devices: dict[str, Device] = {}
+        self.devices: dict[str, Device] = {}  # the inventory rows last read
+        self._inventory_read = False
         self.actors = DeviceActors(self.settings.devices_per_actor)
         self.rows: dict[str, dict] = {}
         self._semaphore_stats: dict = {}
@@ -73,8 +74,6 @@ class BackupSupervisor:
     async def _start(self) -> None:
         self._reconcile_lock = asyncio.Lock()
         self._serve_metrics()
-        for row in await self.actors.adopt():
-            self.rows[row["device_id"]] = row
         await self.reconcile()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -152,11 +151,16 @@ class BackupSupervisor:
                 self.metrics.reconcile_errors.inc()
                 log.error("inventory read failed, keeping %d device actors: %s", len(self.actors), exc)
                 inventory = None
-            await self._step("check actors", self._check_actors)
             if inventory is not None:
                 summary["inventory_ok"] = True
                 self._report_rows(inventory.errors, inventory.skipped)
-                await self._step("apply inventory", self._apply, inventory.devices, summary)
+                self._take(inventory.devices)
+            await self._step("adopt actors", self._adopt)
+            await self._step("check actors", self._check_actors)
+            if self._inventory_read:
+                # From the last rows read, also while the inventory is down: an actor lost
+                # meanwhile (its node died) is recreated, a failed call is made again.
+                await self._step("sync actors", self._sync, summary)
             await self._step("balance nodes", self._balance, summary)
             await self._step("semaphore stats", self._poll_semaphore)
             self._last_reconcile = time.monotonic()
@@ -180,16 +184,25 @@ class BackupSupervisor:
             log.info("inventory: %s", line)
         self._known_errors = set(errors) | set(skipped)
 
-    async def _apply(self, devices: list[Device], summary: dict) -> None:
+    def _take(self, devices: list[Device]) -> None:
+        """A successful inventory read: these are the rows to run from now on."""
         wanted = {d.id: d for d in devices}
-        for device_id in [i for i in self.devices if i not in wanted]:
+        for device_id in [i for i in self.rows if i not in wanted]:
             self.rows.pop(device_id, None)
-        self.devices = wanted
-        self._warn_if_not_fitting(len(wanted))
-        for key, count in (await self.actors.sync(wanted)).items():
-            summary[key] += count
         for device in devices:
             self.rows.setdefault(device.id, _pending_row(device))
+        self.devices = wanted
+        self._inventory_read = True
+        self._warn_if_not_fitting(len(wanted))
+
+    async def _sync(self, summary: dict) -> None:
+        for key, count in (await self.actors.sync(self.devices)).items():
+            summary[key] += count
+
+    async def _adopt(self) -> None:
+        for row in await self.actors.adopt():  # their last status, not "pending"
+            if row["device_id"] in self.devices or not self._inventory_read:
+                self.rows[row["device_id"]] = row
 
     async def _check_actors(self) -> None:
         await self.actors.check()

@@ -215,6 +215,36 @@ def test_a_lost_node_moves_its_devices_to_the_survivors(cluster, running_job):
         cluster_obj.wait_for_nodes()
 
 
+def test_a_node_lost_while_the_inventory_is_unreadable_gets_its_devices_back(cluster, running_job):
+    # Reconcile recreates them from the rows it read last (it used to wait for the inventory).
+    cluster_obj, workers = cluster
+    s = running_job(6)
+    ids = [d.id for d in s["devices"]]
+    sup = s["supervisor"]
+    wait_for(lambda: _all_backed_up(sup, ids), 90, message="first backups")
+    readable = s["inventory"].read_text()
+    s["inventory"].write_text("devices: [not yaml\n")
+    lost = workers[-1]
+    on_lost = [i for i, row in _status(sup).items() if row["node_id"] == lost.node_id]
+    assert on_lost
+    cluster_obj.remove_node(lost)
+    try:
+        def recreated():
+            counts = _node_counts(sup)
+            return lost.node_id not in counts and sum(counts.values()) == 6 and counts
+
+        wait_for(recreated, 120, interval=2, message="devices of the lost node recreated")
+        # Their passwords are looked up in the inventory file, and the semaphore may have
+        # been on the lost node too: back up once both are back.
+        s["inventory"].write_text(readable)
+        wait_for(lambda: all(ray.get(sup.trigger.remote(i))["status"] == "success"
+                             for i in on_lost), 60, interval=2, message="backups after the loss")
+    finally:
+        s["inventory"].write_text(readable)
+        workers[-1] = cluster_obj.add_node(num_cpus=1, object_store_memory=80 * 1024**2)
+        cluster_obj.wait_for_nodes()
+
+
 def test_fleet_stops_itself_when_its_driver_dies_without_stopping_it(running_job, monkeypatch):
     # Outside service mode the driver heartbeats; a driver killed before it could stop the
     # fleet (`ray job stop` escalates to SIGKILL) must not leave device actors behind.
