@@ -47,6 +47,7 @@ class BackupSupervisor:
         self._driver_lease_s: float | None = None
         self._last_heartbeat = time.monotonic()
         self._last_reconcile = 0.0
+        self._stopped = False  # by shutdown(), until the next start()
         call_self_soon("start")
 
     def __repr__(self) -> str:
@@ -64,6 +65,15 @@ class BackupSupervisor:
         if self._starting is None or (self._starting.done() and self._starting.exception()):
             self._starting = asyncio.get_running_loop().create_task(self._start())
         await asyncio.shield(self._starting)
+        if self._stopped or self._task is None or self._task.done():
+            # A driver stopped the fleet (`shutdown`) but died before removing this actor
+            # (`ray job stop` racing its shutdown): reconcile again, from now on.
+            self._stopped = False
+            await self.reconcile()
+            self._ensure_running()
+        # The lease counts from here: start-up may take longer than the lease (many
+        # actors to create), and the driver starts its heartbeats when this returns.
+        self.heartbeat(driver_lease_s)
         return {
             "devices": len(self.devices),
             "actors": len(self.actors),
@@ -75,14 +85,22 @@ class BackupSupervisor:
         self._reconcile_lock = asyncio.Lock()
         self._serve_metrics()
         await self.reconcile()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.heartbeat()  # start-up done: the lease counts from now
+        self._ensure_running()
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        """Watch the driver's lease; reconcile every DEVICE_REFRESH_SECONDS unless stopped."""
         while True:
             await asyncio.sleep(min(self.settings.device_refresh, 5.0))
-            if self._driver_gone():
+            if await self._driver_gone():
                 await self._stop_orphaned_fleet()
                 return
+            if self._stopped:
+                continue  # shut down by the driver: only the watchdog is left to run
             # mikrotik_config_backup_active and ray_backup_semaphore_waiters read these.
             await self._step("semaphore stats", self._poll_semaphore)
             if time.monotonic() - self._last_reconcile < self.settings.device_refresh:
@@ -99,13 +117,18 @@ class BackupSupervisor:
             self._driver_lease_s = driver_lease_s
         self._last_heartbeat = time.monotonic()
 
-    def _driver_gone(self) -> bool:
+    async def _driver_gone(self) -> bool:
         lease = self._driver_lease_s
-        return lease is not None and time.monotonic() - self._last_heartbeat > lease
+        if lease is None or time.monotonic() - self._last_heartbeat <= lease:
+            return False
+        # Heartbeats may be queued behind a busy event loop: let them in, then decide.
+        await asyncio.sleep(1.0)
+        return time.monotonic() - self._last_heartbeat > lease
 
     async def _stop_orphaned_fleet(self) -> None:
         log.warning("the job's driver stopped without stopping the fleet; stopping it now")
         await self.shutdown()
+        self.metrics.close()
         try:
             ray.kill(ray.get_actor(C.SEMAPHORE_NAME, namespace=C.NAMESPACE), no_restart=True)
         except ValueError:
@@ -114,12 +137,16 @@ class BackupSupervisor:
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def shutdown(self, grace_s: float = 10.0) -> int:
-        """Stop every device actor cleanly and remove it; return how many were removed."""
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
-        removed = await self.actors.retire_all(grace_s)
-        self.metrics.close()
-        return removed
+        """Stop every device actor cleanly and remove it; return how many were removed.
+
+        Reconciling stops until the next ``start``; the watchdog keeps running, so a
+        driver that dies before it removes this actor still has it removed by its lease.
+        """
+        self._stopped = True
+        if self._reconcile_lock is None:
+            return await self.actors.retire_all(grace_s)
+        async with self._reconcile_lock:  # a reconcile under way finishes first
+            return await self.actors.retire_all(grace_s)
 
     def _serve_metrics(self) -> None:
         if self._metrics_server is not None:
@@ -143,6 +170,8 @@ class BackupSupervisor:
     async def reconcile(self) -> dict:
         assert self._reconcile_lock is not None, "start() first"
         async with self._reconcile_lock:
+            if self._stopped:
+                return {"stopped": True}
             started = time.monotonic()
             summary = {"added": 0, "removed": 0, "updated": 0, "moved": 0, "inventory_ok": False}
             try:
