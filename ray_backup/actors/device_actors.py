@@ -45,6 +45,7 @@ class DeviceActorRecord:
     incarnation: str | None = None
     running: set[str] = field(default_factory=set)
     sent: dict[str, Device] = field(default_factory=dict)
+    spool_pending: int | None = None
 
 
 class RayActorOps:
@@ -89,6 +90,15 @@ class DeviceActors:
 
     def record_of(self, device_id: str) -> DeviceActorRecord | None:
         return self.hosted().get(device_id)
+
+    def spool_pending(self) -> int:
+        """Undelivered snapshots in the spools, as the actors said at the last check. The
+        actors of a node share its spool: each node counts once (its latest figure)."""
+        by_node: dict[str | None, int] = {}
+        for record in self.records.values():
+            if record.spool_pending is not None:
+                by_node[record.node_id] = max(by_node.get(record.node_id, 0), record.spool_pending)
+        return sum(by_node.values())
 
     # -- bring the actors to the wanted rows -----------------------------------------------
     async def sync(self, wanted: dict[str, Device]) -> dict[str, int]:
@@ -224,6 +234,7 @@ class DeviceActors:
             record.sent.clear()
         record.node_id, record.incarnation = info["node_id"], info["incarnation"]
         record.running = set(info["device_ids"])
+        record.spool_pending = info.get("spool_pending")
         record.sent = {i: d for i, d in record.sent.items() if i in record.running}
 
     async def adopt(self) -> list[dict]:

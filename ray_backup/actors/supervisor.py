@@ -21,7 +21,7 @@ from ray_backup.actors import placement
 from ray_backup.actors.device_actors import DeviceActors
 from ray_backup.actors.selfstart import call_self_soon
 from ray_backup.inventory.base import open_inventory
-from ray_backup.metrics import FleetMetrics
+from ray_backup.metrics import FleetMetrics, Freshness
 from ray_backup.models import Device
 from ray_backup.settings import Settings
 
@@ -38,7 +38,12 @@ class BackupSupervisor:
         self.rows: dict[str, dict] = {}
         self._semaphore_stats: dict = {}
         self._known_errors: set[str] = set()
-        self.metrics = FleetMetrics(lambda: list(self.rows.values()), lambda: self._semaphore_stats)
+        self._first_seen: dict[str, float] = {}  # wall clock, for devices never backed up
+        self.metrics = FleetMetrics(
+            lambda: list(self.rows.values()), lambda: self._semaphore_stats,
+            freshness=lambda: Freshness(self.settings.backup_interval, self._first_seen),
+            spool_pending=self.actors.spool_pending,
+        )
         self._metrics_server = None
         self._task: asyncio.Task | None = None
         self._starting: asyncio.Task | None = None
@@ -218,8 +223,11 @@ class BackupSupervisor:
         wanted = {d.id: d for d in devices}
         for device_id in [i for i in self.rows if i not in wanted]:
             self.rows.pop(device_id, None)
+            self._first_seen.pop(device_id, None)
+        now = time.time()
         for device in devices:
             self.rows.setdefault(device.id, _pending_row(device))
+            self._first_seen.setdefault(device.id, now)
         self.devices = wanted
         self._inventory_read = True
         self._warn_if_not_fitting(len(wanted))

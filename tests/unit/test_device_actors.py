@@ -46,6 +46,7 @@ class FakeActor:
         self.dead = False
         self.fail: dict[str, int] = {}  # method → how many calls still fail
         self.forgotten: list[str] = []
+        self.spool: int | None = None
 
     def __getattr__(self, name):
         if name in {"ping", "update", "remove", "stop", "status"}:
@@ -60,7 +61,7 @@ class FakeActor:
             raise ray.exceptions.ActorUnavailableError("busy", None)
         if name == "ping":
             return {"name": self.name, "incarnation": self.incarnation, "node_id": self.node,
-                    "device_ids": sorted(self.rows)}
+                    "device_ids": sorted(self.rows), "spool_pending": self.spool}
         if name == "update":
             self.rows[args[0].id] = args[0]
         elif name == "remove":
@@ -219,3 +220,15 @@ def test_an_actor_that_is_only_unavailable_is_kept_not_replaced():
     run(fleet.sync(wanted(d1)))
     assert list(ops.actors) == [actor.name] and ops.running() == {d1.id: [actor.name]}
 
+
+def test_spool_backlog_counts_each_nodes_shared_spool_once():
+    ops = FakeOps()
+    fleet = DeviceActors(1, ops)
+    devices = [device(n) for n in range(1, 4)]
+    run(fleet.sync(wanted(*devices)))
+    a, b, c = (ops.actors[d.actor_name] for d in devices)
+    a.node = b.node = "node-a"
+    c.node = "node-b"
+    a.spool, b.spool, c.spool = 3, 3, 2  # a and b see the same spool directory
+    run(fleet.check())
+    assert fleet.spool_pending() == 5
