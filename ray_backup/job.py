@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 
 import ray
 
@@ -44,6 +46,45 @@ def actor_env(overrides: dict[str, str | None] | None = None) -> dict[str, str]:
         if name in env and "://" not in env[name]:
             env[name] = os.path.abspath(env[name])
     return env
+
+
+# Set by Ray's job supervisor for a `ray job submit` entrypoint: the job's runtime_env.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def working_dir_copy(environ: Mapping[str, str] = os.environ, cwd: str | None = None) -> str | None:
+    """The unpacked ``--working-dir`` copy this driver runs in (it is the entrypoint's
+    working directory under `ray job submit`), or None outside such a job."""
+    try:
+        runtime_env = json.loads(environ.get(JOB_CONFIG_ENV) or "{}").get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    if not runtime_env.get("working_dir"):
+        return None
+    return os.path.realpath(cwd or os.getcwd())
+
+
+def working_dir_problem(settings: Settings, copy: str | None) -> str | None:
+    """One line when a path this job writes resolves inside the job's working-dir copy,
+    which Ray deletes with the job (and the host keys or snapshots written there)."""
+    if copy is None:
+        return None
+    paths = [("--inventory", settings.inventory_file)]  # its host-key sidecar lies beside it
+    if not settings.kafka_bootstrap_servers:
+        paths.append(("--output", settings.output_dir))
+    inside = [
+        f"{option} {path!r}" for option, path in paths
+        if path and "://" not in path
+        and os.path.commonpath([os.path.realpath(path), copy]) == copy
+    ]
+    if not inside:
+        return None
+    return (
+        f"{' and '.join(inside)} {'is' if len(inside) == 1 else 'are'} inside the Ray job's "
+        f"working-dir copy {copy}, which Ray "
+        "deletes when the job ends (with the host keys and snapshots written there): "
+        "give an absolute path outside it"
+    )
 
 
 def connect(address: str | None = None, **local_options) -> None:
