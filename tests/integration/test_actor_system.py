@@ -190,12 +190,17 @@ def test_host_key_mismatch_blocks_across_restarts_until_the_key_is_reset(running
     assert stored[victim.id] == s["sim"].device(victim.id).host_key_fingerprint
 
 
+def _backed_up(running_job, n=6):
+    """The job over ``n`` devices, each backed up once: (its state, device ids, supervisor)."""
+    s = running_job(n)
+    ids = [d.id for d in s["devices"]]
+    wait_for(lambda: _all_backed_up(s["supervisor"], ids), 90, message="first backups")
+    return s, ids, s["supervisor"]
+
+
 def test_a_lost_node_moves_its_devices_to_the_survivors(cluster, running_job):
     _, workers = cluster
-    s = running_job(6)
-    ids = [d.id for d in s["devices"]]
-    sup = s["supervisor"]
-    wait_for(lambda: _all_backed_up(sup, ids), 90, message="first backups")
+    _, ids, sup = _backed_up(running_job)
     lost = workers[-1]
     lost_id = lost.node_id
     cluster_obj = cluster[0]
@@ -218,10 +223,7 @@ def test_a_lost_node_moves_its_devices_to_the_survivors(cluster, running_job):
 def test_a_node_lost_while_the_inventory_is_unreadable_gets_its_devices_back(cluster, running_job):
     # Reconcile recreates them from the rows it read last (it used to wait for the inventory).
     cluster_obj, workers = cluster
-    s = running_job(6)
-    ids = [d.id for d in s["devices"]]
-    sup = s["supervisor"]
-    wait_for(lambda: _all_backed_up(sup, ids), 90, message="first backups")
+    s, _, sup = _backed_up(running_job)
     readable = s["inventory"].read_text()
     s["inventory"].write_text("devices: [not yaml\n")
     lost = workers[-1]

@@ -41,6 +41,14 @@ def clean_up(local_ray):
     assert not named(), "actors left behind"
 
 
+def start_job(simulator, tmp_path, n: int):
+    """A simulated fleet of ``n`` and the job over it (service mode: no lease yet)."""
+    sim = simulator(n)
+    path = write_inventory_yaml(tmp_path / "fleet.yaml", sim.devices)
+    env = env_for(tmp_path, RAY_BACKUP_INVENTORY=path)
+    return sim, path, job.start(Settings.load(environ=env), env)
+
+
 def named(prefix: str = "") -> list[str]:
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                   if a.get("namespace") == C.NAMESPACE and a["name"].startswith(prefix))
@@ -110,10 +118,7 @@ def test_a_supervisor_shut_down_by_a_driver_that_then_died_stops_itself(
         clean_up, simulator, tmp_path):
     # `ray job stop` gave up on the driver after stop_all's first step (the supervisor's
     # shutdown) and before it removed the supervisor and the semaphore.
-    sim = simulator(1)
-    path = write_inventory_yaml(tmp_path / "fleet.yaml", sim.devices)
-    env = env_for(tmp_path, RAY_BACKUP_INVENTORY=path)
-    supervisor = job.start(Settings.load(environ=env), env)
+    _, _, supervisor = start_job(simulator, tmp_path, 1)
     ray.get(supervisor.start.remote(LEASE_S))  # the driver's lease
     ray.get(supervisor.shutdown.remote(2), timeout=60)
     wait_for(lambda: not named(), 10 * LEASE_S, "supervisor and semaphore gone")
@@ -123,13 +128,11 @@ def test_a_later_start_restarts_a_supervisor_left_without_its_reconcile_loop(
         clean_up, simulator, tmp_path):
     # The same race in service mode (no lease): the next `ray-backup run` must bring the
     # fleet back, not find a supervisor that never reconciles again.
-    sim = simulator(2)
-    path = write_inventory_yaml(tmp_path / "fleet.yaml", sim.devices)
-    env = env_for(tmp_path, RAY_BACKUP_INVENTORY=path)
-    supervisor = job.start(Settings.load(environ=env), env)
+    sim, path, supervisor = start_job(simulator, tmp_path, 2)
     wait_for(lambda: len(named(C.DEVICE_ACTOR_PREFIX)) == 2, 60, "device actors")
     assert ray.get(supervisor.shutdown.remote(2), timeout=60) == 2
     assert not named(C.DEVICE_ACTOR_PREFIX)
+    env = env_for(tmp_path, RAY_BACKUP_INVENTORY=path)
     supervisor = job.start(Settings.load(environ=env), env)
     wait_for(lambda: len(named(C.DEVICE_ACTOR_PREFIX)) == 2, 30, "device actors again")
     for device in sim.devices:
