@@ -222,11 +222,17 @@ def test_a_lost_node_moves_its_devices_to_the_survivors(cluster, running_job):
 
 def test_a_node_lost_while_the_inventory_is_unreadable_gets_its_devices_back(cluster, running_job):
     # Reconcile recreates them from the rows it read last (it used to wait for the inventory).
+    # The lost node is not the supervisor's: restarted, it would know no rows until the
+    # inventory is back (the rows are not kept anywhere else).
+    from ray.util.state import list_actors
+
     cluster_obj, workers = cluster
     s, _, sup = _backed_up(running_job)
     readable = s["inventory"].read_text()
     s["inventory"].write_text("devices: [not yaml\n")
-    lost = workers[-1]
+    (sup_info,) = list_actors(filters=[("name", "=", C.SUPERVISOR_NAME), ("state", "=", "ALIVE")])
+    index = next(n for n, w in enumerate(workers) if w.node_id != sup_info.node_id)
+    lost = workers[index]
     on_lost = [i for i, row in _status(sup).items() if row["node_id"] == lost.node_id]
     assert on_lost
     cluster_obj.remove_node(lost)
@@ -243,7 +249,7 @@ def test_a_node_lost_while_the_inventory_is_unreadable_gets_its_devices_back(clu
                              for i in on_lost), 60, interval=2, message="backups after the loss")
     finally:
         s["inventory"].write_text(readable)
-        workers[-1] = cluster_obj.add_node(num_cpus=1, object_store_memory=80 * 1024**2)
+        workers[index] = cluster_obj.add_node(num_cpus=1, object_store_memory=80 * 1024**2)
         cluster_obj.wait_for_nodes()
 
 
