@@ -23,6 +23,9 @@ def cmd_run(args) -> int:
     from ray_backup import job
 
     settings = _settings(args, inventory_file=args.inventory, output_dir=args.output)
+    problem = job.working_dir_problem(settings, job.working_dir_copy())
+    if problem:
+        raise ConfigError(problem)
     logs.setup(settings.log_level)
     env = job.actor_env({"inventory": args.inventory, "output": args.output, "config": args.config})
     job.connect()
