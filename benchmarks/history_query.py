@@ -119,13 +119,15 @@ def postgres_url(server_url: str) -> Iterator[str]:
         yield url
 
 
-def cli_history(output: Path, repeats: int, key: str | None) -> dict | None:
+def cli_history(where: list[str], repeats: int, **env: str) -> dict | None:
+    """``ray-backup history DEVICE --json`` as a whole process; ``where``: ``--output DIR`` or
+    nothing (``env`` then names the database)."""
     exe = shutil.which("ray-backup") or str(Path(sys.executable).with_name("ray-backup"))
     probe = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
     if " history" not in probe.stdout:
         return None  # the views are not merged into this tree yet
-    argv = [exe, "history", DEVICE, "--output", str(output), "--json"]
-    env = bl.clean_env(**({"CREDENTIAL_ENCRYPTION_KEY": key} if key else {}))
+    argv = [exe, "history", DEVICE, *where, "--json"]
+    env = bl.clean_env(**env)
     # As installed: byte code cached (a sandbox may forbid writing it), after one warm-up run.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     subprocess.run(argv, capture_output=True, check=True, env=env)
@@ -149,6 +151,7 @@ def _children_cpu_s() -> float:
 def run(args: argparse.Namespace) -> dict:
     key = None if args.plaintext else base64.b64encode(os.urandom(32)).decode()
     sealer = Sealer(key_b64=key)
+    key_env = {"CREDENTIAL_ENCRYPTION_KEY": key} if key else {}  # how the CLI gets the key
     results: dict = {}
     stores = args.stores.split(",")
     if "postgres" in stores:
@@ -160,12 +163,15 @@ def run(args: argparse.Namespace) -> dict:
             finally:
                 store.close()
             print("postgres", results["postgres"], flush=True)
+            results["cli_history_postgres"] = cli_history([], args.cli_repeats, DATABASE_URL=url,
+                                                          **key_env)
     if "directory" in stores:
         workdir = Path(tempfile.mkdtemp(prefix="rb-bench-history-"))
         try:
             results["directory"] = measure(DirectoryHistory(workdir, sealer), args)
             print("directory", results["directory"], flush=True)
-            results["cli_history"] = cli_history(workdir, args.cli_repeats, key)
+            results["cli_history"] = cli_history(["--output", str(workdir)], args.cli_repeats,
+                                                 **key_env)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     return {"versions": args.versions, "config_bytes": args.config_bytes,
@@ -175,17 +181,18 @@ def run(args: argparse.Namespace) -> dict:
 def table(doc: dict) -> str:
     rows = []
     for store, found in doc["results"].items():
-        if store == "cli_history" or not found:
+        if store.startswith("cli_history") or not found:
             continue
         rows.append([store, doc["versions"], doc["encryption"], found["versions"]["median_ms"],
                      found["diff_last_two"]["median_ms"], found["text_newest"]["median_ms"],
                      found["store_ms_per_version"]])
     out = bl.markdown_table(["store", "versions", "at rest", "versions() ms", "diff() ms",
                              "text() ms", "store() ms/version"], rows)
-    cli = doc["results"].get("cli_history")
-    if cli:
-        out += (f"\n\n`ray-backup history --json` (directory): median {cli['median_ms']} ms wall, "
-                f"{cli['cpu_median_ms']} ms CPU")
+    for key, store in (("cli_history_postgres", "PostgreSQL"), ("cli_history", "directory")):
+        cli = doc["results"].get(key)
+        if cli:
+            out += (f"\n\n`ray-backup history --json` ({store}): median {cli['median_ms']} ms wall, "
+                    f"{cli['cpu_median_ms']} ms CPU")
     return out
 
 

@@ -296,9 +296,6 @@ class Settings:
             out[f.metadata["env"]] = value
         return out
 
-    def with_changes(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
-
 
 def _reason(exc: ValueError) -> str:
     text = str(exc)

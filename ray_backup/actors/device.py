@@ -113,14 +113,23 @@ class DeviceBackupActor:
         log.info("device %s: backup loop started (%s)", device.id, device.label())
 
     async def ping(self) -> dict:
-        """Start the loops if needed; say who and where we are."""
+        """Start the loops if needed; say who and where we are, and what our spool holds."""
         await self._ensure_started()
         return {
             "name": self._name,
             "incarnation": self._incarnation,
             "node_id": ray.get_runtime_context().get_node_id(),
             "device_ids": sorted(self._loops),
+            "spool_pending": await self._spool_pending(),
         }
+
+    async def _spool_pending(self) -> int | None:
+        """Snapshots in this node's spool, not yet delivered (shared by the node's actors)."""
+        try:
+            return await asyncio.to_thread(self._runtime.sink.pending)
+        except Exception as exc:  # a metric: never fail the ping for it
+            log.debug("spool size unknown: %s", exc)
+            return None
 
     async def update(self, device: Device) -> None:
         """Add a device, or hand its loop a changed inventory row."""
