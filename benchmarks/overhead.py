@@ -95,7 +95,7 @@ def run_pipeline(inventory: str, k: int, sim_pid: int) -> dict:
             await self._semaphore.acquire()
             return 1
 
-        async def release(self, lease: int) -> None:
+        async def release(self, lease: int, holder: str) -> None:
             self._semaphore.release()
 
     window = bl.Window(sim_pid)

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl
 import fleet_sweep
+import history_writers
 import memory_startup
 import overhead
 import placement
@@ -27,6 +28,7 @@ TABLES = {
     "memory_startup": memory_startup.table,
     "reconcile": reconcile.table,
     "placement": placement.table,
+    "history_writers": history_writers.table,
 }
 
 
@@ -41,7 +43,7 @@ def machine_line(doc: dict) -> str:
 def render(path: Path) -> str:
     doc = json.loads(path.read_text())
     name = doc.get("benchmark", path.stem)
-    table = TABLES.get(name.split("-")[0])
+    table = TABLES.get(name) or TABLES.get(name.split("-")[0])
     if table is None:
         return ""
     return f"### {path.stem}\n\n`{doc.get('command')}`\n\n{machine_line(doc)}\n\n{table(doc)}\n"

@@ -23,6 +23,9 @@ def cmd_run(args) -> int:
     from ray_backup import job
 
     settings = _settings(args, inventory_file=args.inventory, output_dir=args.output)
+    problem = job.working_dir_problem(settings, job.working_dir_copy())
+    if problem:
+        raise ConfigError(problem)
     logs.setup(settings.log_level)
     env = job.actor_env({"inventory": args.inventory, "output": args.output, "config": args.config})
     job.connect()
@@ -123,7 +126,7 @@ def cmd_db_init(args) -> int:
     if not url:
         raise ConfigError("DATABASE_URL: not set (or pass --database-url)")
     init_db(url)
-    print("devices table ready")
+    print("devices and history tables ready")
     return EXIT_OK
 
 
@@ -257,6 +260,57 @@ def cmd_demo(args) -> int:
     return run_demo(devices=args.devices, duration=args.duration, output=args.output)
 
 
+def _history_command(name: str):
+    """A history view (ray_backup/history/commands.py), imported only when it runs."""
+    def run(args) -> int:
+        from ray_backup.history import commands
+
+        return commands.run(getattr(commands, f"cmd_{name}"), args)
+    return run
+
+
+def _add_history_views(add) -> None:
+    def view(name, help_text, epilog):
+        sp = add(name, _history_command(name), help_text)
+        sp.epilog = epilog + (" Reads --output when given, else DATABASE_URL, else ./backups; "
+                              "needs no Ray. Exit codes: 0 ok, 1 nothing found, 2 bad input.")
+        sp.add_argument("--output", metavar="DIR", help="a directory's history (default: "
+                        "DATABASE_URL when set, else ./backups)")
+        sp.add_argument("--config", metavar="FILE", help="YAML file with settings")
+        sp.add_argument("--inventory", metavar="FILE",
+                        help="YAML inventory, to name devices by hostname (default: DATABASE_URL)")
+        sp.add_argument("--show-secrets", action="store_true",
+                        help="print secret values (password=, secret=, ...) instead of masking them")
+        return sp
+
+    device_help = "a device id, or a hostname the inventory knows for one device only"
+    sp = view("history", "list a device's configuration versions, newest first",
+              "Each line: snapshot id, when it was collected, lines added/removed, what changed "
+              "per section.")
+    sp.add_argument("device", metavar="DEVICE", help=device_help)
+    sp.add_argument("--json", action="store_true",
+                    help="JSON Lines, one object per version: snapshot_id, collected_at, sha256_hash, "
+                         "lines_added, lines_removed (null for the first), sections")
+    sp = view("diff", "show what changed between two versions of a device (default: the last two)",
+              "OLD and NEW are snapshot ids or unique prefixes of at least 8 characters; with only "
+              "OLD, NEW is the newest version.")
+    sp.add_argument("device", metavar="DEVICE", help=device_help)
+    sp.add_argument("old", metavar="OLD", nargs="?", help="the older version (default: the one before NEW)")
+    sp.add_argument("new", metavar="NEW", nargs="?", help="the newer version (default: the newest)")
+    sp.add_argument("--color", "--colour", choices=("auto", "always", "never"), default="auto",
+                    help="colour the diff as git does (default auto: on a terminal, unless NO_COLOR)")
+    sp = view("show", "print a version's full configuration (default: the newest)",
+              "SNAPSHOT is a snapshot id or a unique prefix of at least 8 characters.")
+    sp.add_argument("device", metavar="DEVICE", help=device_help)
+    sp.add_argument("snapshot", metavar="SNAPSHOT", nargs="?", help="default: the newest version")
+    sp = view("search", "find lines matching a regular expression in every device's newest version",
+              "Each match: device, RouterOS section (the /path above the line), line.")
+    sp.add_argument("pattern", metavar="PATTERN", help="a Python regular expression")
+    sp.add_argument("-i", "--ignore-case", action="store_true", help="match regardless of case")
+    sp.add_argument("--json", action="store_true",
+                    help="JSON Lines, one object per match: device_id, hostname, section, line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ray-backup",
@@ -308,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one JSON object per device per line: device_id, status, sha256_hash, "
                          "error_kind, error, duration_s")
     sp.add_argument("-v", "--verbose", action="store_true", help="log each backup")
+
+    _add_history_views(add)
 
     sp = add("demo", cmd_demo, "back up a simulated RouterOS fleet on loopback with a local Ray")
     sp.add_argument("--devices", type=int, default=12, metavar="N", help="simulated devices (default 12)")

@@ -232,11 +232,11 @@ def run_demo(devices: int = 12, duration: float = 60.0, output: str = "./demo-ba
     workdir = tempfile.TemporaryDirectory(prefix="ray-backup-demo-")
     sim = Simulator(fleet).start()
     mutator = Mutator(fleet)
-    state = {"poll": None, "interrupted": False, "dashboard": None, "log": None}
+    state = {"poll": None, "interrupted": False, "dashboard": None, "log": None, "settings": None}
     try:
         inventory = write_inventory_yaml(Path(workdir.name) / "devices.yaml", fleet)
         env = demo_env(job.actor_env(), inventory, out, layout.per_actor)
-        settings = Settings.load(environ={**os.environ, **env})
+        settings = state["settings"] = Settings.load(environ={**os.environ, **env})
         _intro(console, layout, sim, out)
         state["log"] = SnapshotLog.from_end(out / HISTORY_FILE)  # before the first backup
         with console.status("starting a local Ray (2 CPUs) and the job's actors…"):
@@ -252,7 +252,10 @@ def run_demo(devices: int = 12, duration: float = 60.0, output: str = "./demo-ba
         state["interrupted"] = True
     finally:
         _stop(console, mutator, sim, workdir)
-    return _summary(console, state, layout, out, mutator)
+    code = _summary(console, state, layout, out, mutator)
+    if state["settings"] is not None:
+        show_history(console, state["settings"], out, {d.id: d.name for d in fleet})
+    return code
 
 
 def _intro(console: Console, layout: Plan, sim, out: Path) -> None:
@@ -353,3 +356,31 @@ def _summary(console: Console, state: dict, layout: Plan, out: Path, mutator: Mu
                   "`ray get-auth-token`). Grafana: import deploy/grafana/ray-backup-dashboard.json")
     console.print("  no processes are left running; `ray-backup run` runs the same job on a real fleet")
     return 0 if snapshots else 1
+
+
+def show_history(console: Console, settings, out: Path, names: dict[str, str]) -> None:
+    """The run's most changed device: its versions and its last change, secrets masked."""
+    from ray_backup.history import open_history
+    from ray_backup.history.commands import format_diff, format_history
+    from ray_backup.history.views import HistoryViews
+
+    store = open_history(settings, output_dir=out)
+    try:
+        views = HistoryViews(store, names)
+        counts = {device: len(store.versions(device)) for device, _ in store.latest()}
+        if not counts or max(counts.values()) < 2:
+            console.print("  no configuration changed between two backups of one device this time")
+            return
+        device = max(sorted(counts), key=lambda d: counts[d])
+        versions = store.versions(device, limit=5)
+        console.print()
+        console.print(f"[bold]history of {views.label(device)}[/] ({counts[device]} versions, "
+                      "newest first; secret values masked):")
+        console.print("\n".join(format_history(versions)), markup=False, highlight=False)
+        console.print()
+        change = views.diff(device)
+        console.print(Text.from_ansi(format_diff(change, views.label(device), colour=True)))
+        console.print(f"  more: ray-backup history {device} --output {out}   "
+                      f"(diff, show, search the same way)")
+    finally:
+        store.close()

@@ -7,15 +7,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 
 import ray
 
 from ray_backup import constants as C
+from ray_backup.history import writers as history_writers
 from ray_backup.settings import CONFIG_ENV, Settings
 
 log = logging.getLogger("ray_backup.job")
@@ -44,6 +47,45 @@ def actor_env(overrides: dict[str, str | None] | None = None) -> dict[str, str]:
         if name in env and "://" not in env[name]:
             env[name] = os.path.abspath(env[name])
     return env
+
+
+# Set by Ray's job supervisor for a `ray job submit` entrypoint: the job's runtime_env.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def working_dir_copy(environ: Mapping[str, str] = os.environ, cwd: str | None = None) -> str | None:
+    """The unpacked ``--working-dir`` copy this driver runs in (it is the entrypoint's
+    working directory under `ray job submit`), or None outside such a job."""
+    try:
+        runtime_env = json.loads(environ.get(JOB_CONFIG_ENV) or "{}").get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    if not runtime_env.get("working_dir"):
+        return None
+    return os.path.realpath(cwd or os.getcwd())
+
+
+def working_dir_problem(settings: Settings, copy: str | None) -> str | None:
+    """One line when a path this job writes resolves inside the job's working-dir copy,
+    which Ray deletes with the job (and the host keys or snapshots written there)."""
+    if copy is None:
+        return None
+    paths = [("--inventory", settings.inventory_file)]  # its host-key sidecar lies beside it
+    if not settings.kafka_bootstrap_servers:
+        paths.append(("--output", settings.output_dir))
+    inside = [
+        f"{option} {path!r}" for option, path in paths
+        if path and "://" not in path
+        and os.path.commonpath([os.path.realpath(path), copy]) == copy
+    ]
+    if not inside:
+        return None
+    return (
+        f"{' and '.join(inside)} {'is' if len(inside) == 1 else 'are'} inside the Ray job's "
+        f"working-dir copy {copy}, which Ray "
+        "deletes when the job ends (with the host keys and snapshots written there): "
+        "give an absolute path outside it"
+    )
 
 
 def connect(address: str | None = None, **local_options) -> None:
@@ -93,6 +135,7 @@ def start(settings: Settings, env: dict[str, str], service: bool = True):
     # Near the driver (the head node, under `ray job submit`): a stable metrics address.
     supervisor = options.supervisor(env, node_id=ray.get_runtime_context().get_node_id())
     summary = ray.get(supervisor.start.remote(None if service else DRIVER_LEASE_S))
+    history_writers.start(settings, env)
     log.info(
         "job running: %d devices in %d actors; metrics at http://%s/metrics",
         summary["devices"], summary["actors"], summary["metrics"],
@@ -130,6 +173,7 @@ def stop_all(grace_s: float = 10.0) -> int:
         except Exception as exc:
             log.warning("supervisor did not shut down cleanly: %s", exc)
         ray.kill(supervisor, no_restart=True)
+    history_writers.stop(grace_s)  # leave the consumer group cleanly before the kill below
     for info in ray.util.list_named_actors(all_namespaces=True):
         if info.get("namespace") != C.NAMESPACE:
             continue
@@ -147,21 +191,28 @@ def run(
     status_every: float = 60.0,
     stop_grace: float = 2.0,
 ) -> int:
-    """Block until SIGTERM/SIGINT (what `ray job stop` sends); then stop cleanly unless ``service``."""
+    """Block until SIGTERM/SIGINT (what `ray job stop` sends); then stop cleanly unless
+    ``service``. Return 1 when the supervisor is gone for good (nothing is backed up)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     supervisor = start(settings, env, service=service)
+    watch = SupervisorWatch(supervisor, None if service else DRIVER_LEASE_S)
     last_summary = time.monotonic()
     while not stop.wait(HEARTBEAT_S):
-        try:
-            supervisor.heartbeat.remote(None if service else DRIVER_LEASE_S)
-            if time.monotonic() - last_summary >= status_every:
-                last_summary = time.monotonic()
-                _log_summary(ray.get(supervisor.status.remote(), timeout=30))
-        except Exception as exc:
-            log.warning("supervisor not reachable: %s", exc)
-            supervisor = running_supervisor() or supervisor
+        gone = watch.beat()
+        if gone:
+            log.error("the supervisor is gone (%s): no device is backed up any more; stopping "
+                      "the job (start it again with `ray-backup run`)", gone)
+            stop_all(grace_s=stop_grace)
+            return 1
+        if time.monotonic() - last_summary >= status_every:
+            last_summary = time.monotonic()
+            try:
+                # Short: a slow answer must not hold back the next heartbeat.
+                _log_summary(ray.get(watch.handle.status.remote(), timeout=HEARTBEAT_S * 2))
+            except Exception as exc:
+                log.warning("supervisor not reachable: %s", exc)
     if service:
         log.info("driver exiting; actors keep running (service mode). Stop them with `ray-backup stop`.")
         return 0
@@ -170,6 +221,39 @@ def run(
     removed = stop_all(grace_s=stop_grace)
     log.info("stopped %d device actors in %.1f s", removed, time.monotonic() - started)
     return 0
+
+
+class SupervisorWatch:
+    """The driver's heartbeats, and whether the supervisor is gone for good.
+
+    One heartbeat is in flight at a time; its outcome is read at the next beat, so a
+    slow supervisor never blocks the driver. A supervisor Ray is restarting is waited
+    for; one that died and whose name is gone (killed, or stopped itself) is gone.
+    """
+
+    def __init__(self, handle, lease_s: float | None) -> None:
+        self.handle = handle
+        self._lease_s = lease_s
+        self._pending = None
+
+    def beat(self) -> str | None:
+        """Send a heartbeat; return why the supervisor is gone for good, else None."""
+        if self._pending is not None:
+            ready, _ = ray.wait([self._pending], timeout=0)
+            if not ready:
+                return None  # still busy with the last one
+            pending, self._pending = self._pending, None
+            try:
+                ray.get(pending)
+            except ray.exceptions.ActorUnavailableError:
+                pass  # restarting, or not reachable for now
+            except ray.exceptions.RayActorError as exc:
+                current = running_supervisor()
+                if current is None:
+                    return str(exc).splitlines()[0][:200] or type(exc).__name__
+                self.handle = current  # another one under the name
+        self._pending = self.handle.heartbeat.remote(self._lease_s)
+        return None
 
 
 def _log_summary(rows: list[dict]) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 from ray_backup import constants as C
 from ray_backup import state as sm
 from ray_backup.backup import Collector
+from ray_backup.coordination.renewal import LockRenewer
 from ray_backup.models import BackupResult, Device, DeviceState
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ class Permits(Protocol):
     """The SSH semaphore as the loop sees it."""
 
     async def acquire(self, holder: str, lease_s: float) -> Any: ...
-    async def release(self, lease: Any) -> None: ...
+    async def release(self, lease: Any, holder: str) -> None: ...
 
 
 class Clock(Protocol):
@@ -163,33 +166,47 @@ class DeviceLoop:
     async def tick(self, manual: bool = False) -> BackupResult:
         """One backup attempt with all gating; ``manual`` skips the online and block gates."""
         async with self._busy:
-            result = await self._tick(manual)
+            due = self.state.next_due
+            result, attempted = await self._tick(manual)
             now = self.deps.clock.time()
-            sm.record_result(self.state, result, self.device, now)
-            self._schedule_next(result, now)
+            # A block belongs to the row the backup ran with; a row that changed meanwhile
+            # (rotated credentials, reset host key) is tried at once, not blocked.
+            sm.record_result(self.state, result, attempted, now)
+            self._schedule_next(due, now, manual)
+            if sm.unblock_if_changed(self.state, self.device):
+                log.info("device %s: credentials or host key changed during the backup; "
+                         "retrying with them", self.device.id)
+                self.state.next_due = now
             # In a thread: a hung Redis costs a socket timeout, which must not stop the
             # other loops of this process. Under the lock: this device's saves stay in order.
             await in_thread(self._save)
         await self._report(result)
         return result
 
-    async def _tick(self, manual: bool) -> BackupResult:
+    async def _tick(self, manual: bool) -> tuple[BackupResult, Device]:
+        """The result, and the row the backup ran with (with what it learned)."""
         dev, deps = self.device, self.deps
         if not manual:
             if not await in_thread(deps.coordinator.is_online, dev.id):
                 log.debug("device %s: skipped, offline", dev.id)
-                return BackupResult(dev.id, C.STATUS_SKIPPED_OFFLINE)
+                return BackupResult(dev.id, C.STATUS_SKIPPED_OFFLINE), dev
             reason = sm.gate(self.state, deps.clock.time())
             if reason:
                 log.info("device %s: skipped, %s", dev.id, reason)
-                return BackupResult(dev.id, reason)
+                return BackupResult(dev.id, reason), dev
         sm.record_attempt(self.state, deps.clock.time())
-        result, self.device = await guarded_backup(dev, deps)
+        result, learned = await guarded_backup(dev, deps)
+        # ``update()`` may have brought a newer row while the backup waited or ran.
+        self.device = merge_learned(self.device, dev, learned)
         self._log_result(result)
-        return result
+        return result, learned
 
-    def _schedule_next(self, result: BackupResult, now: float) -> None:
-        nxt = now + self.deps.schedule.interval
+    def _schedule_next(self, due: float | None, now: float, manual: bool) -> None:
+        interval = self.deps.schedule.interval
+        if manual and due is not None and due > now:
+            nxt = due  # an operator's extra backup leaves the schedule as it was
+        else:
+            nxt = next_due_after(due if due is not None else now, now, interval)
         if self.state.backoff_until > now:
             # Retry when the backoff ends, not a whole interval later.
             nxt = min(nxt, self.state.backoff_until)
@@ -250,12 +267,41 @@ class DeviceLoop:
         }
 
 
+def next_due_after(due: float, now: float, interval: float) -> float:
+    """One interval after the previous due time, so backups do not drift by their own
+    duration; a loop that fell behind (a long outage) skips to the next due time in the
+    future instead of firing a burst of catch-up backups."""
+    nxt = due + interval
+    if nxt <= now:
+        nxt += (math.floor((now - nxt) / interval) + 1) * interval
+    return nxt
+
+
+def merge_learned(current: Device, started: Device, learned: Device) -> Device:
+    """``current`` (the newest inventory row) with what a backup of ``started`` learned.
+
+    Only what the backup changed is carried over, and only where the inventory did not
+    change it meanwhile: a host key reset during the backup stays reset, and a key seen
+    at an old address is not pinned to a new one.
+    """
+    changes: dict[str, Any] = {}
+    if (learned.routeros_version != started.routeros_version
+            and current.routeros_version == started.routeros_version):
+        changes["routeros_version"] = learned.routeros_version
+    if (learned.host_key_fingerprint != started.host_key_fingerprint
+            and current.host_key_fingerprint == started.host_key_fingerprint
+            and (current.host, current.port) == (started.host, started.port)):
+        changes["host_key_fingerprint"] = learned.host_key_fingerprint
+    return dataclasses.replace(current, **changes) if changes else current
+
+
 async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, Device]:
     """Take an SSH permit, then the device's lock; back up; give both back.
 
     The permit covers the SSH session only: it goes back before publishing, so a
     slow or absent broker never holds SSH capacity. The lock covers both, so one
-    device's snapshots are published in the order they were taken.
+    device's snapshots are published in the order they were taken; it is renewed
+    while they run, so it cannot expire under a slow backup.
     """
     lease = await deps.permits.acquire(device.id, deps.schedule.lease_s)
     lease_held = True
@@ -265,17 +311,18 @@ async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, 
             log.info("device %s: skipped, locked by another process", device.id)
             return BackupResult(device.id, C.STATUS_LOCKED), device
         try:
-            fetched, device = await in_thread(deps.collector.fetch, device)
-            lease_held = False
-            await deps.permits.release(lease)
-            if isinstance(fetched, BackupResult):
-                return fetched, device
-            return await in_thread(deps.collector.deliver, fetched), device
+            async with LockRenewer(lock, deps.schedule.lock_ttl, in_thread):
+                fetched, device = await in_thread(deps.collector.fetch, device)
+                lease_held = False
+                await deps.permits.release(lease, device.id)
+                if isinstance(fetched, BackupResult):
+                    return fetched, device
+                return await in_thread(deps.collector.deliver, fetched), device
         finally:
             await in_thread(_release_quietly, lock, device.id)
     finally:
         if lease_held:
-            await deps.permits.release(lease)
+            await deps.permits.release(lease, device.id)
 
 
 def _release_quietly(lock: Any, device_id: str) -> None:

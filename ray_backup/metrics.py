@@ -7,15 +7,26 @@ One registry, served from the supervisor (``RAY_BACKUP_METRICS_PORT``, ``/metric
     mikrotik_config_backup_active               gauge     backups holding an SSH permit now
     ray_backup_devices{status}                  gauge     devices by last status
     ray_backup_devices_blocked                  gauge     devices blocked on auth or host key
+    ray_backup_devices_stale                    gauge     devices with no success for two intervals
     ray_backup_semaphore_waiters                gauge     backups waiting for an SSH permit
     ray_backup_semaphore_permits_held           gauge     SSH permits held now
     ray_backup_last_success_age_seconds         gauge     age of the oldest last success
     ray_backup_reconcile_duration_seconds       histogram one inventory reconcile
     ray_backup_reconcile_errors_total           counter   failed inventory reads
-    ray_backup_config_changes_total             counter   backups whose configuration changed
+    ray_backup_config_changes_total             counter   change events published (new versions)
+    ray_backup_spool_pending                    gauge     snapshots in the nodes' spools, undelivered
+    ray_backup_history_writer_lag               gauge     snapshots the history writers are behind
+    ray_backup_history_stale_total              counter   snapshots older than the newest version
+    ray_backup_history_duplicates_total         counter   snapshots already in history
+    ray_backup_history_poison_total             counter   unreadable snapshot events skipped
 
 Counters and histograms are fed by the device actors' status reports; gauges are
 computed from the status table and the semaphore's last stats at scrape time.
+Where history writer actors run (with Kafka), the history series come from their
+``stats()`` at scrape time, and ``config_changes`` counts the change events they
+published; without Kafka the backing-up process publishes one change event for
+each backup whose hash differs from the device's newest version, which is what
+the device rows' ``changed`` says, so the rows count them.
 
 The same series also go to Ray's own metrics system (``ray.util.metrics``), so
 they show up wherever the cluster's metrics go (each node's metrics export port,
@@ -35,6 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 
 from ray_backup import constants as C
+from ray_backup.history.metrics import HistoryCollector, writer_stats, writers_expected
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +75,15 @@ RAY_REFRESH_S = 5.0
 # Every series name the scrape endpoint serves (histograms add _bucket/_sum/_count).
 DOCUMENTED_METRICS = (
     C.METRIC_BACKUP_TOTAL, C.METRIC_BACKUP_DURATION, C.METRIC_BACKUP_ACTIVE,
-    C.METRIC_DEVICES, C.METRIC_DEVICES_BLOCKED, C.METRIC_SEMAPHORE_WAITERS,
+    C.METRIC_DEVICES, C.METRIC_DEVICES_BLOCKED, C.METRIC_DEVICES_STALE, C.METRIC_SEMAPHORE_WAITERS,
     C.METRIC_SEMAPHORE_HELD, C.METRIC_LAST_SUCCESS_AGE, C.METRIC_RECONCILE_DURATION,
-    C.METRIC_RECONCILE_ERRORS, C.METRIC_CONFIG_CHANGES,
+    C.METRIC_RECONCILE_ERRORS, C.METRIC_CONFIG_CHANGES, C.METRIC_SPOOL_PENDING,
+    C.METRIC_HISTORY_WRITER_LAG, C.METRIC_HISTORY_STALE, C.METRIC_HISTORY_DUPLICATES,
+    C.METRIC_HISTORY_POISON,
 )
+# A device is stale when its last success (or, never backed up, its first sight) is
+# older than this many backup intervals; blocked devices count too.
+STALE_INTERVALS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,16 +95,36 @@ class FleetGauges:
     last_success_age: float
     active: int
     waiters: int
+    stale: int = 0
+    spool_pending: int = 0
 
 
-def fleet_gauges(rows: Iterable[dict], semaphore: dict | None, now: float) -> FleetGauges:
+@dataclasses.dataclass(frozen=True)
+class Freshness:
+    """What ``stale`` is measured against: the backup interval, and since when (wall clock)
+    each device has been in the fleet (for devices that never succeeded)."""
+
+    interval_s: float
+    first_seen: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def stale(self, row: dict, now: float) -> bool:
+        since = row.get("last_success_at") or self.first_seen.get(row["device_id"], now)
+        return now - since > STALE_INTERVALS * self.interval_s
+
+
+def fleet_gauges(
+    rows: Iterable[dict], semaphore: dict | None, now: float,
+    freshness: Freshness | None = None, spool_pending: int = 0,
+) -> FleetGauges:
     """Gauge values from the status table and the semaphore's stats."""
     devices = dict.fromkeys(DEVICE_STATUSES, 0)
     oldest = 0.0
+    stale = 0
     for row in rows:
         devices[row["status"]] = devices.get(row["status"], 0) + 1
         if row.get("last_success_at"):
             oldest = max(oldest, now - row["last_success_at"])
+        stale += bool(freshness and freshness.stale(row, now))
     semaphore = semaphore or {}
     return FleetGauges(
         devices=devices,
@@ -95,6 +132,8 @@ def fleet_gauges(rows: Iterable[dict], semaphore: dict | None, now: float) -> Fl
         last_success_age=oldest,
         active=semaphore.get("held", 0),
         waiters=semaphore.get("waiting", 0),
+        stale=stale,
+        spool_pending=spool_pending,
     )
 
 
@@ -102,8 +141,11 @@ class FleetMetrics:
     """The fleet's metrics: a Prometheus registry, mirrored into Ray's metrics.
 
     ``rows`` returns the current status rows, ``semaphore_stats`` the SSH
-    semaphore's last ``stats()``; both are read at scrape (and refresh) time.
-    ``export_to_ray``: None mirrors when running inside a Ray worker.
+    semaphore's last ``stats()``, ``freshness`` what staleness is measured against,
+    ``spool_pending`` the snapshots waiting in the spools; all are read at scrape (and
+    refresh) time. ``export_to_ray``: None mirrors when running inside a Ray worker.
+    ``history_stats`` returns the history writers' ``stats()`` (default: asks the
+    writer actors when running inside Ray, else none).
     """
 
     def __init__(
@@ -111,11 +153,24 @@ class FleetMetrics:
         rows: Callable[[], Iterable[dict]],
         semaphore_stats: Callable[[], dict],
         export_to_ray: bool | None = None,
+        history_stats: Callable[[], list[dict]] | None = None,
+        freshness: Callable[[], Freshness | None] = lambda: None,
+        spool_pending: Callable[[], int] = lambda: 0,
     ) -> None:
         self._rows = rows
         self._semaphore = semaphore_stats
+        self._freshness = freshness
+        self._spool_pending = spool_pending
         self.registry = CollectorRegistry()
         ray_metrics = _RayMetrics.create(export_to_ray)
+        # First in the registry: a scrape folds the writers' new change events into
+        # config_changes before that counter is read.
+        in_ray = ray_metrics is not None  # only there are writer actors to ask
+        self.history = HistoryCollector(
+            history_stats or (writer_stats if in_ray else list), lambda n: self.changes.inc(n),
+            writers_expected=in_ray and writers_expected(),
+        )
+        self.registry.register(self.history)
         self.backups = _Counter(
             C.METRIC_BACKUP_TOTAL, "Config backup attempts by outcome", self.registry, ray_metrics,
             labels=("status",),
@@ -127,7 +182,8 @@ class FleetMetrics:
             DURATION_BUCKETS, self.registry, ray_metrics,
         )
         self.changes = _Counter(
-            C.METRIC_CONFIG_CHANGES, "Backups whose configuration changed", self.registry, ray_metrics,
+            C.METRIC_CONFIG_CHANGES, "Change events published (new versions with a diff)",
+            self.registry, ray_metrics,
         )
         self.reconcile_duration = _Histogram(
             C.METRIC_RECONCILE_DURATION, "Duration of one inventory reconcile",
@@ -147,11 +203,12 @@ class FleetMetrics:
         self.backups.inc(status=REFERENCE_LABEL.get(status, status))
         if status in (C.STATUS_SUCCESS, C.STATUS_FAILED) and row.get("duration_s") is not None:
             self.duration.observe(row["duration_s"])
-        if status == C.STATUS_SUCCESS and row.get("changed"):
+        if status == C.STATUS_SUCCESS and row.get("changed") and not self.history.writers_seen:
             self.changes.inc()
 
     def gauges(self) -> FleetGauges:
-        return fleet_gauges(list(self._rows()), self._semaphore(), time.time())
+        return fleet_gauges(list(self._rows()), self._semaphore(), time.time(),
+                            self._freshness(), self._spool_pending())
 
     def text(self) -> str:
         """The scrape page, as the endpoint serves it."""
@@ -179,6 +236,12 @@ class _TableCollector:
         yield devices
         yield GaugeMetricFamily(C.METRIC_DEVICES_BLOCKED, "Devices blocked on auth or host key",
                                 value=g.blocked)
+        yield GaugeMetricFamily(C.METRIC_DEVICES_STALE,
+                                "Devices with no successful backup for two intervals",
+                                value=g.stale)
+        yield GaugeMetricFamily(C.METRIC_SPOOL_PENDING,
+                                "Snapshots waiting in the nodes' spools for delivery",
+                                value=g.spool_pending)
         yield GaugeMetricFamily(C.METRIC_LAST_SUCCESS_AGE, "Age of the oldest last successful backup",
                                 value=g.last_success_age)
         yield GaugeMetricFamily(C.METRIC_BACKUP_ACTIVE, "Backups holding an SSH permit now",
@@ -277,6 +340,10 @@ class _RayGauges:
         self._devices = m.Gauge(C.METRIC_DEVICES, "Devices by last status", tag_keys=("status",))
         self._single = {
             "blocked": m.Gauge(C.METRIC_DEVICES_BLOCKED, "Devices blocked on auth or host key"),
+            "stale": m.Gauge(C.METRIC_DEVICES_STALE,
+                             "Devices with no successful backup for two intervals"),
+            "spool_pending": m.Gauge(C.METRIC_SPOOL_PENDING,
+                                     "Snapshots waiting in the nodes' spools for delivery"),
             "last_success_age": m.Gauge(C.METRIC_LAST_SUCCESS_AGE,
                                         "Age of the oldest last successful backup"),
             "active": m.Gauge(C.METRIC_BACKUP_ACTIVE, "Backups holding an SSH permit now"),

@@ -133,7 +133,6 @@ class BackupResult:
     error: str | None = None
     duration_s: float = 0.0
     collected_at: str | None = None
-    changed: bool | None = None
     presented_fingerprint: str | None = None  # set with host_key_mismatch
 
     @property

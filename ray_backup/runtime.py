@@ -96,13 +96,34 @@ def ssh_options(settings: Settings) -> SSHOptions:
     )
 
 
+# What a backup may run while it holds its SSH permit (backup.Collector.collect): the
+# version probe, the export, and the export again when the release differs from the
+# inventory's (or a probe after a refused export, then that export).
+COMMANDS_PER_BACKUP = 3
+# Before the session: the lock (two Redis round trips at most, 2 s each) and the
+# credentials (a Transit decrypt, 5 s); after it, closing; with room for a busy machine.
+LEASE_MARGIN_S = 30.0
+
+
+def lease_seconds(settings: Settings) -> float:
+    """The longest a backup can hold its SSH permit.
+
+    Connecting is TCP, the SSH handshake (1 s over the connect timeout) and the login
+    (keyboard-interactive after a refused password: two tries), each bounded by the
+    connect timeout; every command first opens a channel (the connect timeout) and then
+    runs for at most the command timeout.
+    """
+    connect = settings.connect_timeout + (settings.connect_timeout + 1) + 2 * settings.connect_timeout
+    command = settings.connect_timeout + settings.command_timeout
+    return connect + COMMANDS_PER_BACKUP * command + LEASE_MARGIN_S
+
+
 def schedule(settings: Settings) -> Schedule:
-    # A backup is bounded by connect + two commands (version probe, export) + publish.
-    worst_case = settings.connect_timeout + 2 * settings.command_timeout + 30
     return Schedule(
         interval=settings.backup_interval,
         jitter_min=settings.jitter_min,
         jitter_max=settings.jitter_max,
-        lock_ttl=settings.command_timeout + 30,  # the reference's TTL
-        lease_s=worst_case,
+        # The reference's TTL; the lock is renewed while its backup runs (loop.py).
+        lock_ttl=settings.command_timeout + 30,
+        lease_s=lease_seconds(settings),
     )

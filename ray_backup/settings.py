@@ -181,6 +181,9 @@ class Settings:
         "KAFKA_BOOTSTRAP_SERVERS", None, _bootstrap_servers
     )
     kafka_topic: str = _setting("KAFKA_TOPIC", C.DEFAULT_TOPIC, _topic)
+    changes_topic: str = _setting("RAY_BACKUP_CHANGES_TOPIC", C.DEFAULT_CHANGES_TOPIC, _topic)
+    history_group: str = _setting("RAY_BACKUP_HISTORY_GROUP", C.DEFAULT_HISTORY_GROUP)
+    history_writers: int = _setting("RAY_BACKUP_HISTORY_WRITERS", 2, _positive_int)
     kafka_security_protocol: str | None = _setting(
         "KAFKA_SECURITY_PROTOCOL", None, _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
     )
@@ -209,6 +212,8 @@ class Settings:
     logins_per_second: float = _setting("CONFIG_BACKUP_LOGINS_PER_SECOND", 0.0, _non_negative_float)
     max_output_bytes: int = _setting("CONFIG_BACKUP_MAX_OUTPUT_BYTES", 16 * 1024 * 1024, _positive_int)
     export_mode: str = _setting("CONFIG_BACKUP_EXPORT_MODE", "show-sensitive", _export_mode)
+    # Days the history keeps versions; a device's newest version is never deleted.
+    config_retention_days: float = _setting("CONFIG_RETENTION_DAYS", 90.0, _positive_float)
     ssh_legacy_algorithms: bool = _setting("RAY_BACKUP_SSH_LEGACY_ALGORITHMS", False, _flag)
     device_refresh: float = _setting("DEVICE_REFRESH_SECONDS", 60.0, _positive_float)
     credential_cache_ttl: float = _setting("CREDENTIAL_CACHE_TTL", 300.0, _non_negative_float)
@@ -290,9 +295,6 @@ class Settings:
                 value = "***"
             out[f.metadata["env"]] = value
         return out
-
-    def with_changes(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
 
 
 def _reason(exc: ValueError) -> str:

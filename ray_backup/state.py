@@ -7,7 +7,6 @@ fake clock.
 from __future__ import annotations
 
 import random
-from typing import Protocol
 
 from ray_backup import constants as C
 from ray_backup import errors
@@ -20,10 +19,6 @@ _BLOCKED_STATUS = {
     errors.AUTH_FAILED: C.STATUS_AUTH_BLOCKED,
     errors.HOST_KEY_MISMATCH: C.STATUS_HOSTKEY_BLOCKED,
 }
-
-
-class Clock(Protocol):
-    def time(self) -> float: ...
 
 
 def backoff_seconds(consecutive_failures: int) -> float:

@@ -34,16 +34,16 @@ class SemaphorePermits:
             self._handle = ray.get_actor(self._name, namespace=C.NAMESPACE)
         return self._handle
 
-    async def acquire(self, holder: str, lease_s: float) -> int:
+    async def acquire(self, holder: str, lease_s: float) -> str:
         try:
             return await self._semaphore().acquire.remote(holder, lease_s)
         except (ray.exceptions.RayActorError, ValueError):
             self._handle = None  # restarted or recreated: look it up again next time
             raise
 
-    async def release(self, lease: int) -> None:
+    async def release(self, lease: str, holder: str) -> None:
         try:
-            await self._semaphore().release.remote(lease)
+            await self._semaphore().release.remote(lease, holder)
         except (ray.exceptions.RayActorError, ValueError) as exc:
             self._handle = None
             log.warning("could not return ssh permit (it will expire): %s", exc)
@@ -113,14 +113,23 @@ class DeviceBackupActor:
         log.info("device %s: backup loop started (%s)", device.id, device.label())
 
     async def ping(self) -> dict:
-        """Start the loops if needed; say who and where we are."""
+        """Start the loops if needed; say who and where we are, and what our spool holds."""
         await self._ensure_started()
         return {
             "name": self._name,
             "incarnation": self._incarnation,
             "node_id": ray.get_runtime_context().get_node_id(),
             "device_ids": sorted(self._loops),
+            "spool_pending": await self._spool_pending(),
         }
+
+    async def _spool_pending(self) -> int | None:
+        """Snapshots in this node's spool, not yet delivered (shared by the node's actors)."""
+        try:
+            return await asyncio.to_thread(self._runtime.sink.pending)
+        except Exception as exc:  # a metric: never fail the ping for it
+            log.debug("spool size unknown: %s", exc)
+            return None
 
     async def update(self, device: Device) -> None:
         """Add a device, or hand its loop a changed inventory row."""

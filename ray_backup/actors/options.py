@@ -21,7 +21,7 @@ def semaphore(limit: int, logins_per_second: float, env_vars: dict[str, str] | N
         ray.remote(SSHSemaphore)
         .options(name=C.SEMAPHORE_NAME, get_if_exists=True, max_concurrency=100_000,
                  runtime_env=_runtime_env(env_vars), **_COMMON)
-        .remote(limit, logins_per_second)
+        .remote(limit, logins_per_second, persist=True)
     )
 
 
@@ -87,4 +87,22 @@ def temporary_semaphore(name: str, limit: int, logins_per_second: float):
         ray.remote(SSHSemaphore)
         .options(name=name, namespace=C.NAMESPACE, num_cpus=0, max_concurrency=100_000)
         .remote(limit, logins_per_second)
+    )
+
+
+def history_writer(name: str, env_vars: dict[str, str] | None = None, node_id: str | None = None):
+    """One history writer. ``node_id`` pins it (hard) to the node whose disk holds the output
+    directory; without it, writers spread over the nodes. Restarted by Ray when it dies:
+    its uncommitted message is delivered again and found a duplicate."""
+    from ray_backup.actors.history_writer import HistoryWriter
+
+    strategy = (
+        NodeAffinitySchedulingStrategy(node_id=node_id, soft=False) if node_id else "SPREAD"
+    )
+    # A few threads: stats() and stop() are answered while the consume loop runs.
+    return (
+        ray.remote(HistoryWriter)
+        .options(name=name, get_if_exists=True, max_concurrency=4,
+                 runtime_env=_runtime_env(env_vars), scheduling_strategy=strategy, **_COMMON)
+        .remote(name)
     )

@@ -37,7 +37,7 @@ class LocalPermits:
         await self._semaphore.acquire()
         return 0
 
-    async def release(self, lease: int) -> None:
+    async def release(self, lease: int, holder: str) -> None:
         self._semaphore.release()
 
     async def close(self) -> None:
@@ -88,7 +88,8 @@ class PooledPermits:
                 self._give_back(future.result())
             raise
 
-    async def release(self, lease: _Lease) -> None:
+    async def release(self, lease: _Lease, holder: str) -> None:
+        # ``holder`` is the device; the semaphore knows the pool's lease by ``self._holder``.
         if self._clock() - lease.granted < self._reuse_s and self._hand(lease):
             return
         self._give_back(lease)

@@ -12,49 +12,38 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
-from collections import Counter
-from dataclasses import dataclass, field
 
 import ray
 
 from ray_backup import constants as C
 from ray_backup import logs
-from ray_backup.actors import options, placement
-from ray_backup.actors.placement import least_loaded, moves_to_balance
+from ray_backup.actors import placement
+from ray_backup.actors.device_actors import DeviceActors
 from ray_backup.actors.selfstart import call_self_soon
 from ray_backup.inventory.base import open_inventory
-from ray_backup.metrics import FleetMetrics
+from ray_backup.metrics import FleetMetrics, Freshness
 from ray_backup.models import Device
 from ray_backup.settings import Settings
 
 log = logging.getLogger(__name__)
-
-PING_TIMEOUT_S = 30.0
-
-
-@dataclass
-class Host:
-    """A device actor as the supervisor knows it."""
-
-    name: str
-    handle: object
-    device_ids: set[str] = field(default_factory=set)
-    node_id: str | None = None
-    incarnation: str | None = None
-
 
 class BackupSupervisor:
     def __init__(self) -> None:
         self.settings = Settings.load()
         logs.setup(self.settings.log_level)
         self._inventory = open_inventory(self.settings)
-        self.devices: dict[str, Device] = {}
-        self.hosts: dict[str, Host] = {}
+        self.devices: dict[str, Device] = {}  # the inventory rows last read
+        self._inventory_read = False
+        self.actors = DeviceActors(self.settings.devices_per_actor)
         self.rows: dict[str, dict] = {}
         self._semaphore_stats: dict = {}
         self._known_errors: set[str] = set()
-        self.metrics = FleetMetrics(lambda: list(self.rows.values()), lambda: self._semaphore_stats)
+        self._first_seen: dict[str, float] = {}  # wall clock, for devices never backed up
+        self.metrics = FleetMetrics(
+            lambda: list(self.rows.values()), lambda: self._semaphore_stats,
+            freshness=lambda: Freshness(self.settings.backup_interval, self._first_seen),
+            spool_pending=self.actors.spool_pending,
+        )
         self._metrics_server = None
         self._task: asyncio.Task | None = None
         self._starting: asyncio.Task | None = None
@@ -63,10 +52,11 @@ class BackupSupervisor:
         self._driver_lease_s: float | None = None
         self._last_heartbeat = time.monotonic()
         self._last_reconcile = 0.0
+        self._stopped = False  # by shutdown(), until the next start()
         call_self_soon("start")
 
     def __repr__(self) -> str:
-        return f"BackupSupervisor({len(self.devices)} devices, {len(self.hosts)} actors)"
+        return f"BackupSupervisor({len(self.devices)} devices, {len(self.actors)} actors)"
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self, driver_lease_s: float | None = None) -> dict:
@@ -80,9 +70,18 @@ class BackupSupervisor:
         if self._starting is None or (self._starting.done() and self._starting.exception()):
             self._starting = asyncio.get_running_loop().create_task(self._start())
         await asyncio.shield(self._starting)
+        if self._stopped or self._task is None or self._task.done():
+            # A driver stopped the fleet (`shutdown`) but died before removing this actor
+            # (`ray job stop` racing its shutdown): reconcile again, from now on.
+            self._stopped = False
+            await self.reconcile()
+            self._ensure_running()
+        # The lease counts from here: start-up may take longer than the lease (many
+        # actors to create), and the driver starts its heartbeats when this returns.
+        self.heartbeat(driver_lease_s)
         return {
             "devices": len(self.devices),
-            "actors": len(self.hosts),
+            "actors": len(self.actors),
             "metrics": self.metrics_address(),
             "settings_seen": sorted(k for k, v in self.settings.summary().items() if v),
         }
@@ -90,16 +89,23 @@ class BackupSupervisor:
     async def _start(self) -> None:
         self._reconcile_lock = asyncio.Lock()
         self._serve_metrics()
-        await self._adopt()
         await self.reconcile()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.heartbeat()  # start-up done: the lease counts from now
+        self._ensure_running()
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        """Watch the driver's lease; reconcile every DEVICE_REFRESH_SECONDS unless stopped."""
         while True:
             await asyncio.sleep(min(self.settings.device_refresh, 5.0))
-            if self._driver_gone():
+            if await self._driver_gone():
                 await self._stop_orphaned_fleet()
                 return
+            if self._stopped:
+                continue  # shut down by the driver: only the watchdog is left to run
             # mikrotik_config_backup_active and ray_backup_semaphore_waiters read these.
             await self._step("semaphore stats", self._poll_semaphore)
             if time.monotonic() - self._last_reconcile < self.settings.device_refresh:
@@ -116,13 +122,18 @@ class BackupSupervisor:
             self._driver_lease_s = driver_lease_s
         self._last_heartbeat = time.monotonic()
 
-    def _driver_gone(self) -> bool:
+    async def _driver_gone(self) -> bool:
         lease = self._driver_lease_s
-        return lease is not None and time.monotonic() - self._last_heartbeat > lease
+        if lease is None or time.monotonic() - self._last_heartbeat <= lease:
+            return False
+        # Heartbeats may be queued behind a busy event loop: let them in, then decide.
+        await asyncio.sleep(1.0)
+        return time.monotonic() - self._last_heartbeat > lease
 
     async def _stop_orphaned_fleet(self) -> None:
         log.warning("the job's driver stopped without stopping the fleet; stopping it now")
         await self.shutdown()
+        self.metrics.close()
         try:
             ray.kill(ray.get_actor(C.SEMAPHORE_NAME, namespace=C.NAMESPACE), no_restart=True)
         except ValueError:
@@ -131,14 +142,16 @@ class BackupSupervisor:
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def shutdown(self, grace_s: float = 10.0) -> int:
-        """Stop every device actor cleanly and remove it; return how many were removed."""
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
-        hosts = list(self.hosts.values())
-        await asyncio.gather(*(self._retire(h, grace_s) for h in hosts), return_exceptions=True)
-        self.hosts.clear()
-        self.metrics.close()
-        return len(hosts)
+        """Stop every device actor cleanly and remove it; return how many were removed.
+
+        Reconciling stops until the next ``start``; the watchdog keeps running, so a
+        driver that dies before it removes this actor still has it removed by its lease.
+        """
+        self._stopped = True
+        if self._reconcile_lock is None:
+            return await self.actors.retire_all(grace_s)
+        async with self._reconcile_lock:  # a reconcile under way finishes first
+            return await self.actors.retire_all(grace_s)
 
     def _serve_metrics(self) -> None:
         if self._metrics_server is not None:
@@ -162,19 +175,26 @@ class BackupSupervisor:
     async def reconcile(self) -> dict:
         assert self._reconcile_lock is not None, "start() first"
         async with self._reconcile_lock:
+            if self._stopped:
+                return {"stopped": True}
             started = time.monotonic()
             summary = {"added": 0, "removed": 0, "updated": 0, "moved": 0, "inventory_ok": False}
             try:
                 inventory = await asyncio.to_thread(self._inventory.load)
             except Exception as exc:
                 self.metrics.reconcile_errors.inc()
-                log.error("inventory read failed, keeping %d device actors: %s", len(self.hosts), exc)
+                log.error("inventory read failed, keeping %d device actors: %s", len(self.actors), exc)
                 inventory = None
-            await self._step("check actors", self._check_hosts)
             if inventory is not None:
                 summary["inventory_ok"] = True
                 self._report_rows(inventory.errors, inventory.skipped)
-                await self._step("apply inventory", self._apply, inventory.devices, summary)
+                self._take(inventory.devices)
+            await self._step("adopt actors", self._adopt)
+            await self._step("check actors", self._check_actors)
+            if self._inventory_read:
+                # From the last rows read, also while the inventory is down: an actor lost
+                # meanwhile (its node died) is recreated, a failed call is made again.
+                await self._step("sync actors", self._sync, summary)
             await self._step("balance nodes", self._balance, summary)
             await self._step("semaphore stats", self._poll_semaphore)
             self._last_reconcile = time.monotonic()
@@ -198,153 +218,41 @@ class BackupSupervisor:
             log.info("inventory: %s", line)
         self._known_errors = set(errors) | set(skipped)
 
-    async def _apply(self, devices: list[Device], summary: dict) -> None:
+    def _take(self, devices: list[Device]) -> None:
+        """A successful inventory read: these are the rows to run from now on."""
         wanted = {d.id: d for d in devices}
-        for device_id in [i for i in self.devices if i not in wanted]:
-            await self._remove_device(device_id)
-            summary["removed"] += 1
-        hosted = {i for h in self.hosts.values() for i in h.device_ids}
-        new = [d for d in devices if d.id not in hosted]
-        changed = [d for d in devices if d.id in hosted and self.devices.get(d.id) != d]
-        self.devices = wanted
-        self._warn_if_not_fitting(len(wanted))
-        # One index instead of a scan of every host per changed device, and the
-        # updates sent together: a fleet-wide credential rotation is one round trip.
-        host_of = {i: h for h in self.hosts.values() for i in h.device_ids}
-        updates = [host_of[d.id].handle.update.remote(d) for d in changed if d.id in host_of]
-        await asyncio.gather(*updates)
-        summary["updated"] += len(updates)
-        await self._add_devices(new)
-        summary["added"] += len(new)
+        for device_id in [i for i in self.rows if i not in wanted]:
+            self.rows.pop(device_id, None)
+            self._first_seen.pop(device_id, None)
+        now = time.time()
         for device in devices:
             self.rows.setdefault(device.id, _pending_row(device))
+            self._first_seen.setdefault(device.id, now)
+        self.devices = wanted
+        self._inventory_read = True
+        self._warn_if_not_fitting(len(wanted))
 
-    async def _add_devices(self, devices: list[Device]) -> None:
-        if not devices:
-            return
-        nodes = await self._alive_nodes()
-        load = Counter({n: 0 for n in nodes})
-        for host in self.hosts.values():
-            load[host.node_id] += len(host.device_ids)
-        per_actor = self.settings.devices_per_actor
-        created = []
-        if per_actor == 1:
-            for device in devices:
-                node = least_loaded(nodes, load)
-                load[node] += 1
-                created.append(self._create_host(device.actor_name, [device], node))
-        else:
-            open_hosts = [h for h in self.hosts.values() if len(h.device_ids) < per_actor]
-            queue = list(devices)
-            for host in open_hosts:
-                while queue and len(host.device_ids) < per_actor:
-                    device = queue.pop(0)
-                    await host.handle.update.remote(device)
-                    host.device_ids.add(device.id)
-            while queue:
-                batch, queue = queue[:per_actor], queue[per_actor:]
-                node = least_loaded(nodes, load)
-                load[node] += len(batch)
-                name = f"{C.DEVICE_GROUP_PREFIX}{uuid.uuid4().hex[:12]}"
-                created.append(self._create_host(name, batch, node))
-        await asyncio.gather(*created)
+    async def _sync(self, summary: dict) -> None:
+        for key, count in (await self.actors.sync(self.devices)).items():
+            summary[key] += count
 
-    async def _create_host(self, name: str, devices: list[Device], node_id: str | None) -> None:
-        handle = options.device_actor(name, devices, node_id)
-        host = Host(name, handle, {d.id for d in devices}, node_id)
-        self.hosts[name] = host
-        try:
-            info = await asyncio.wait_for(handle.ping.remote(), PING_TIMEOUT_S)
-        except Exception as exc:
-            log.warning("device actor %s not up yet: %s", name, exc)
-            return
-        host.node_id, host.incarnation = info["node_id"], info["incarnation"]
+    async def _adopt(self) -> None:
+        for row in await self.actors.adopt():  # their last status, not "pending"
+            if row["device_id"] in self.devices or not self._inventory_read:
+                self.rows[row["device_id"]] = row
 
-    async def _remove_device(self, device_id: str) -> None:
-        self.devices.pop(device_id, None)
-        self.rows.pop(device_id, None)
-        host = self._host_of(device_id)
-        if host is None:
-            return
-        host.device_ids.discard(device_id)
-        await host.handle.remove.remote(device_id)
-        if not host.device_ids:
-            await self._retire(host)
-            self.hosts.pop(host.name, None)
-
-    async def _retire(self, host: Host, grace_s: float = 10.0) -> None:
-        try:
-            await asyncio.wait_for(host.handle.stop.remote(grace_s), grace_s + 5)
-        except Exception as exc:
-            log.warning("device actor %s did not stop cleanly: %s", host.name, exc)
-        ray.kill(host.handle, no_restart=True)
-
-    async def _check_hosts(self) -> None:
-        """Ping every actor: (re)start its loops, learn its node, resend rows after a restart."""
-        hosts = list(self.hosts.values())
-        results = await asyncio.gather(
-            *(asyncio.wait_for(h.handle.ping.remote(), PING_TIMEOUT_S) for h in hosts),
-            return_exceptions=True,
-        )
-        for host, info in zip(hosts, results, strict=True):
-            if _gone(info):
-                log.warning("device actor %s is gone; its devices will be recreated", host.name)
-                self.hosts.pop(host.name, None)
-                continue
-            if isinstance(info, BaseException):
-                log.warning("device actor %s did not answer: %s", host.name, info)
-                continue
-            restarted = host.incarnation is not None and info["incarnation"] != host.incarnation
-            host.node_id, host.incarnation = info["node_id"], info["incarnation"]
-            for device_id in host.device_ids:
-                if device_id in self.rows:
-                    self.rows[device_id]["node_id"] = host.node_id
-            if restarted:
-                log.info("device actor %s restarted on node %s", host.name, host.node_id[:8])
-                for device_id in host.device_ids:
-                    if device_id in self.devices:
-                        await host.handle.update.remote(self.devices[device_id])
+    async def _check_actors(self) -> None:
+        await self.actors.check()
+        for device_id, record in self.actors.hosted().items():
+            if device_id in self.rows:
+                self.rows[device_id]["node_id"] = record.node_id
 
     async def _balance(self, summary: dict) -> None:
-        nodes = await self._alive_nodes()
-        layout = {h.name: (h.node_id, len(h.device_ids)) for h in self.hosts.values()}
-        for name, target in moves_to_balance(nodes, layout):
-            host = self.hosts[name]
-            devices = [self.devices[i] for i in host.device_ids if i in self.devices]
-            await self._retire(host)
-            await self._create_host(name, devices, target)
-            summary["moved"] += 1
+        summary["moved"] += await self.actors.balance(self.devices)
 
     async def _poll_semaphore(self) -> None:
         handle = ray.get_actor(C.SEMAPHORE_NAME, namespace=C.NAMESPACE)
         self._semaphore_stats = await handle.stats.remote()
-
-    async def _adopt(self) -> None:
-        """After a restart: take over the device actors that are still alive."""
-        names = [
-            a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a.get("namespace") == C.NAMESPACE
-            and a["name"].startswith((C.DEVICE_ACTOR_PREFIX, C.DEVICE_GROUP_PREFIX))
-        ]
-        for name in names:
-            try:
-                handle = ray.get_actor(name, namespace=C.NAMESPACE)
-                info = await asyncio.wait_for(handle.ping.remote(), PING_TIMEOUT_S)
-                rows = await handle.status.remote()
-            except Exception as exc:
-                log.warning("could not adopt device actor %s: %s", name, exc)
-                continue
-            self.hosts[name] = Host(
-                name, handle, set(info["device_ids"]), info["node_id"], info["incarnation"]
-            )
-            for row in rows:
-                self.rows[row["device_id"]] = row
-        if names:
-            log.info("re-adopted %d live device actors", len(self.hosts))
-
-    async def _alive_nodes(self) -> list[str]:
-        nodes = await asyncio.to_thread(ray.nodes)
-        return sorted(n["NodeID"] for n in nodes if n.get("Alive"))
 
     def _warn_if_not_fitting(self, count: int) -> None:
         if self._fit_warned or not count:
@@ -355,12 +263,6 @@ class BackupSupervisor:
         )
         if warning:
             log.warning("%s", warning)
-
-    def _host_of(self, device_id: str) -> Host | None:
-        for host in self.hosts.values():
-            if device_id in host.device_ids:
-                return host
-        return None
 
     # -- served to device actors, the CLI and notebooks ------------------------------
     def report(self, row: dict) -> None:
@@ -382,13 +284,8 @@ class BackupSupervisor:
         """Today's inventory rows, for device actors (re)starting their loops."""
         return {i: self.devices[i] for i in device_ids if i in self.devices}
 
-    def locate(self, device_ids: list[str] | None = None) -> dict[str, str]:
-        """Which actor hosts each device (all devices when ``device_ids`` is None)."""
-        wanted = set(device_ids) if device_ids is not None else set(self.devices)
-        return {i: h.name for h in self.hosts.values() for i in h.device_ids if i in wanted}
-
     async def trigger(self, device_id: str) -> dict:
-        host = self._host_of(device_id)
+        host = self.actors.record_of(device_id)
         if host is None:
             return {"device_id": device_id, "status": C.STATUS_FAILED, "sha256_hash": None,
                     "error": f"unknown device {device_id}"}
@@ -404,13 +301,6 @@ class BackupSupervisor:
         writer of a YAML inventory's host key sidecar. True when ``fingerprint`` is now
         the stored key (storing it again moves only its last-verified time)."""
         return await asyncio.to_thread(self._inventory.record_host_key, device_id, fingerprint)
-
-
-def _gone(outcome: object) -> bool:
-    """A ping outcome meaning the actor will not come back by itself."""
-    if isinstance(outcome, ray.exceptions.ActorUnschedulableError):
-        return True  # its node died: hard affinity keeps Ray from restarting it elsewhere
-    return isinstance(outcome, ray.exceptions.RayActorError) and "restarting" not in str(outcome).lower()
 
 
 def _pending_row(device: Device) -> dict:

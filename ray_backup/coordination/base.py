@@ -25,6 +25,10 @@ class Lock(Protocol):
     def release(self) -> None:
         """Give the lock back; idempotent, never raises."""
 
+    def renew(self) -> bool:
+        """Reset the lock's TTL while we still hold it (token-checked); False if it is
+        no longer ours. Never raises."""
+
     def __enter__(self) -> Self: ...
 
     def __exit__(self, *exc: object) -> None: ...
@@ -79,6 +83,9 @@ class UnenforcedLock(LockBase):
 
     def release(self) -> None:
         pass
+
+    def renew(self) -> bool:
+        return True
 
 
 def open_coordinator(settings: Settings) -> Coordinator:

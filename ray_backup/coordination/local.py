@@ -21,16 +21,20 @@ class LocalLock(LockBase):
 
     held = True
 
-    def __init__(self, owner: LocalCoordinator, device_id: str, token: str) -> None:
+    def __init__(self, owner: LocalCoordinator, device_id: str, token: str, ttl_s: float) -> None:
         self.device_id = device_id
         self._owner = owner
         self._token = token
+        self._ttl_s = ttl_s
 
     def __repr__(self) -> str:
         return f"LocalLock({self.device_id!r})"
 
     def release(self) -> None:
         self._owner._release(self.device_id, self._token)
+
+    def renew(self) -> bool:
+        return self._owner._renew(self.device_id, self._token, self._ttl_s)
 
 
 class LocalCoordinator:
@@ -58,13 +62,23 @@ class LocalCoordinator:
                 return None
             token = uuid.uuid4().hex
             self._locks[device_id] = (token, now + ttl_s)
-        return LocalLock(self, device_id, token)
+        return LocalLock(self, device_id, token, ttl_s)
 
     def _release(self, device_id: str, token: str) -> None:
         with self._mutex:
             held = self._locks.get(device_id)
             if held is not None and held[0] == token:
                 del self._locks[device_id]
+
+    def _renew(self, device_id: str, token: str, ttl_s: float) -> bool:
+        now = self._clock()
+        with self._mutex:
+            held = self._locks.get(device_id)
+            # Like Redis: only an unexpired lock with our token is extended.
+            if held is None or held[0] != token or held[1] <= now:
+                return False
+            self._locks[device_id] = (token, now + ttl_s)
+            return True
 
     def load_state(self, device_id: str) -> DeviceState | None:
         with self._mutex:

@@ -38,6 +38,21 @@ _DELETE = None  # a pending write that deletes the state
 _NOTHING = object()
 
 
+def client(url: str, socket_timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
+    """A client that fails fast: short timeouts, text replies."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=socket_timeout,
+        socket_timeout=socket_timeout,
+        # One immediate retry on a connection error reconnects a pooled connection
+        # Redis closed (a restart). Timeouts are not retried and there is no health-check
+        # PING (it doubles the wait): a hung Redis costs one socket timeout per call.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
+        health_check_interval=0,
+        decode_responses=True,
+    )
+
+
 class RedisLock(LockBase):
     """A held ``backup:device:<id>`` lock."""
 
@@ -68,6 +83,20 @@ class RedisLock(LockBase):
         except RedisError as exc:  # the key expires by its TTL
             self._owner._failed("release lock", exc)
 
+    def renew(self) -> bool:
+        """Reset the TTL if the key still holds our token (redis-py's Lua script)."""
+        if self._released:
+            return False
+        try:
+            self._lock.reacquire()
+        except LockError:  # LockNotOwnedError included: expired, maybe someone else's now
+            return False
+        except RedisError as exc:  # cannot tell; the next renewal may get through
+            self._owner._failed("renew lock", exc)
+            return True
+        self._owner._succeeded()
+        return True
+
 
 class RedisCoordinator:
     """Online gating, locks and state in Redis; degrades, never blocks, when Redis is down."""
@@ -81,17 +110,7 @@ class RedisCoordinator:
     ) -> None:
         self.prefix = prefix
         self.available = True
-        self._client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=socket_timeout,
-            socket_timeout=socket_timeout,
-            # One immediate retry on a connection error reconnects a pooled connection
-            # Redis closed (a restart). Timeouts are not retried and there is no health-check
-            # PING (it doubles the wait): a hung Redis costs one socket timeout per call.
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-            health_check_interval=0,
-            decode_responses=True,
-        )
+        self._client = client(url, socket_timeout)
         self._mutex = threading.Lock()
         self._pending: dict[str, str | None] = {}  # device -> state JSON, or _DELETE
         self._device_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)

@@ -1,25 +1,26 @@
-"""OpenBao/Vault Transit: decrypt ``vault:v1:…`` ciphertexts with a per-tenant key.
+"""OpenBao/Vault Transit: ``vault:v1:…`` ciphertexts with a per-tenant key.
 
 One HTTP call per decryption (``POST /v1/<mount>/decrypt/<key>``); the resolver's
-cache keeps that rare. Errors name the HTTP status and the server's own error
-text, never the token or the plaintext.
+cache keeps that rare. The history encrypts stored configurations the same way
+(``POST /v1/<mount>/encrypt/<key>``), as the-other-dude does. Errors name the
+HTTP status and the server's own error text, never the token or the plaintext.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import http.client
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray_backup.credentials.payload import parse_credentials
 from ray_backup.errors import ConfigError, CredentialsError
 from ray_backup.models import Credentials
 from ray_backup.settings import Settings
+
+if TYPE_CHECKING:
+    import urllib.error
 
 CIPHERTEXT_PREFIX = "vault:v"
 DEFAULT_TIMEOUT = 5.0
@@ -31,7 +32,7 @@ def is_transit_ciphertext(value: str | None) -> bool:
 
 
 class TransitClient:
-    """A minimal Transit client: decrypt only, standard library HTTP."""
+    """A minimal Transit client: encrypt and decrypt, standard library HTTP."""
 
     def __init__(
         self,
@@ -90,10 +91,27 @@ class TransitClient:
         except (binascii.Error, ValueError):
             raise CredentialsError(f"{what}: plaintext is not base64") from None
 
+    def encrypt(self, tenant_id: str, plaintext: bytes) -> str:
+        """The ``vault:v…`` ciphertext of ``plaintext`` under the tenant's key."""
+        key = self.key_name(tenant_id)
+        what = f"OpenBao Transit encrypt with key {key!r} at {self.addr}"
+        path = f"encrypt/{urllib.parse.quote(key, safe='')}"
+        body = self._post(path, {"plaintext": base64.b64encode(plaintext).decode()}, what)
+        ciphertext = _dig(body, "data", "ciphertext")
+        if not is_transit_ciphertext(ciphertext):
+            raise CredentialsError(f"{what}: no ciphertext in the reply")
+        return ciphertext
+
     def decrypt_credentials(self, tenant_id: str, ciphertext: str) -> Credentials:
         return parse_credentials(self.decrypt(tenant_id, ciphertext), "Transit")
 
     def _post(self, path: str, payload: dict[str, Any], what: str) -> Any:
+        # Imported on first use: the history imports this module for its ciphertext test,
+        # and `ray-backup history` should not pay for an HTTP client it does not use.
+        import http.client
+        import urllib.error
+        import urllib.request
+
         url = f"{self.addr}/v1/{urllib.parse.quote(self.mount)}/{path}"
         request = urllib.request.Request(
             url,

@@ -12,14 +12,27 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
-from ray_backup.errors import RayBackupError
+from ray_backup.errors import PUBLISH_FAILED, RayBackupError
 from ray_backup.snapshot import Snapshot
-
-CHANGES_TOPIC = "config.changes"
 
 
 class HistoryLookupError(RayBackupError, LookupError):
     """A device or snapshot reference that matches nothing, or more than one thing."""
+
+
+class HistoryRejected(RayBackupError, ValueError):
+    """A snapshot the store refuses for good (its tenant is not the device's, the device
+    is unknown to a database that requires it); the message names the device.
+    Retrying cannot help: a writer logs it and moves on."""
+
+    kind = PUBLISH_FAILED
+
+
+class HistoryUnavailable(RayBackupError, ConnectionError):
+    """The store cannot be reached now (database down, connection lost); retry later.
+    Nothing was stored: a writer keeps the message and its offset."""
+
+    kind = PUBLISH_FAILED
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,10 @@ class SectionChange:
 
     def to_json(self) -> dict:
         return {"component": self.component, "summary": self.summary}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SectionChange:
+        return cls(data["component"], data["summary"], data.get("raw_line") or "")
 
 
 @dataclass(frozen=True)

@@ -55,15 +55,19 @@ def _connect(url: str) -> psycopg.Connection:
 
 
 def init_db(url: str) -> bool:
-    """Create ``devices`` where none exists; True if created.
+    """Create ``devices`` and the history tables where none exist; True if devices was created.
 
     An existing table is checked, not altered: ``ConfigError`` lists the columns
-    ray-backup needs that it lacks.
+    ray-backup needs that it lacks. History tables that exist (a the-other-dude
+    database) are used as they are.
     """
+    from ray_backup.history.pgschema import create_missing
+
     with _connect(url) as conn:
         existed = _columns(conn) is not None
         if not existed:
             conn.execute(schema_sql())
+        create_missing(conn)
         missing = [c for c in REQUIRED_COLUMNS if c not in (_columns(conn) or ())]
     if missing:
         raise ConfigError(f"devices table lacks column(s): {', '.join(missing)}")

@@ -28,11 +28,19 @@ class Sink(Protocol):
 
 
 def open_sink(settings: Settings) -> Sink:
-    """Kafka when ``KAFKA_BOOTSTRAP_SERVERS`` is set, else a directory of files."""
+    """Kafka when ``KAFKA_BOOTSTRAP_SERVERS`` is set, else a directory of files.
+
+    With Kafka, the history writer actors consume the snapshot topic into history.
+    Without, this process writes history itself (``HistorySink``): into PostgreSQL
+    when ``DATABASE_URL`` is set, else into the output directory.
+    """
     if settings.kafka_bootstrap_servers:
         from ray_backup.sinks.kafka import KafkaSink  # confluent-kafka only when used
 
         return KafkaSink(settings)
+    from ray_backup.history import open_history
+    from ray_backup.history.changes import open_changes
     from ray_backup.sinks.directory import DirectorySink
+    from ray_backup.sinks.history import HistorySink
 
-    return DirectorySink(settings.output_dir)
+    return HistorySink(DirectorySink(settings.output_dir), open_history(settings), open_changes(settings))

@@ -9,13 +9,12 @@ configurations carry the devices' secrets.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from pathlib import Path
 
 from ray_backup.errors import PublishFailed
-from ray_backup.sinks.files import FILE_MODE, atomic_replace, ensure_dir, safe_name, write_all
+from ray_backup.sinks.files import append_line, atomic_replace, ensure_dir, safe_name
 from ray_backup.snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ class DirectorySink:
         behind the history, never showing a config the history lacks.
         """
         try:
-            self._append_line(snapshot.to_json_bytes() + b"\n")
+            append_line(self.path / HISTORY_FILE, snapshot.to_json_bytes() + b"\n")
             atomic_replace(self.config_path(snapshot.device_id), snapshot.config_text.encode())
         except OSError as exc:
             raise PublishFailed(
@@ -55,24 +54,6 @@ class DirectorySink:
             ) from exc
         logger.debug("device %s: snapshot %s written to %s",
                      snapshot.device_id, snapshot.sha256_hash[:12], self.path)
-
-    def _append_line(self, line: bytes) -> None:
-        fd = os.open(self.path / HISTORY_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time, across processes
-            try:
-                start = os.fstat(fd).st_size
-                try:
-                    write_all(fd, line)
-                    os.fsync(fd)
-                except OSError:
-                    # Disk full mid-line: cut the partial line so the file stays valid JSONL.
-                    os.ftruncate(fd, start)
-                    raise
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
 
     def pending(self) -> int:
         return 0  # nothing is ever deferred: publish writes or raises

@@ -7,6 +7,7 @@ reached the disk, not just the page cache.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
@@ -61,6 +62,28 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append ``line`` whole and durably; several processes may append to the same file.
+
+    One writer at a time (an exclusive ``flock``); a line cut short by a full disk is
+    removed again, so the file stays valid JSON Lines."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                write_all(fd, line)
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def write_tmp(directory: Path, final_name: str, data: bytes) -> Path:

@@ -190,12 +190,17 @@ def test_host_key_mismatch_blocks_across_restarts_until_the_key_is_reset(running
     assert stored[victim.id] == s["sim"].device(victim.id).host_key_fingerprint
 
 
+def _backed_up(running_job, n=6):
+    """The job over ``n`` devices, each backed up once: (its state, device ids, supervisor)."""
+    s = running_job(n)
+    ids = [d.id for d in s["devices"]]
+    wait_for(lambda: _all_backed_up(s["supervisor"], ids), 90, message="first backups")
+    return s, ids, s["supervisor"]
+
+
 def test_a_lost_node_moves_its_devices_to_the_survivors(cluster, running_job):
     _, workers = cluster
-    s = running_job(6)
-    ids = [d.id for d in s["devices"]]
-    sup = s["supervisor"]
-    wait_for(lambda: _all_backed_up(sup, ids), 90, message="first backups")
+    _, ids, sup = _backed_up(running_job)
     lost = workers[-1]
     lost_id = lost.node_id
     cluster_obj = cluster[0]
@@ -212,6 +217,39 @@ def test_a_lost_node_moves_its_devices_to_the_survivors(cluster, running_job):
         wait_for(lambda: all(r["status"] == "success" for r in _status(sup).values()), 60)
     finally:
         workers[-1] = cluster_obj.add_node(num_cpus=1, object_store_memory=80 * 1024**2)
+        cluster_obj.wait_for_nodes()
+
+
+def test_a_node_lost_while_the_inventory_is_unreadable_gets_its_devices_back(cluster, running_job):
+    # Reconcile recreates them from the rows it read last (it used to wait for the inventory).
+    # The lost node is not the supervisor's: restarted, it would know no rows until the
+    # inventory is back (the rows are not kept anywhere else).
+    from ray.util.state import list_actors
+
+    cluster_obj, workers = cluster
+    s, _, sup = _backed_up(running_job)
+    readable = s["inventory"].read_text()
+    s["inventory"].write_text("devices: [not yaml\n")
+    (sup_info,) = list_actors(filters=[("name", "=", C.SUPERVISOR_NAME), ("state", "=", "ALIVE")])
+    index = next(n for n, w in enumerate(workers) if w.node_id != sup_info.node_id)
+    lost = workers[index]
+    on_lost = [i for i, row in _status(sup).items() if row["node_id"] == lost.node_id]
+    assert on_lost
+    cluster_obj.remove_node(lost)
+    try:
+        def recreated():
+            counts = _node_counts(sup)
+            return lost.node_id not in counts and sum(counts.values()) == 6 and counts
+
+        wait_for(recreated, 120, interval=2, message="devices of the lost node recreated")
+        # Their passwords are looked up in the inventory file, and the semaphore may have
+        # been on the lost node too: back up once both are back.
+        s["inventory"].write_text(readable)
+        wait_for(lambda: all(ray.get(sup.trigger.remote(i))["status"] == "success"
+                             for i in on_lost), 60, interval=2, message="backups after the loss")
+    finally:
+        s["inventory"].write_text(readable)
+        workers[index] = cluster_obj.add_node(num_cpus=1, object_store_memory=80 * 1024**2)
         cluster_obj.wait_for_nodes()
 
 

@@ -31,6 +31,7 @@ TINY = {
     "placement": ["--per-device", "", "--packed", "12", "--devices-per-actor", "2"],
     "sweep_vs_pool": ["--devices", "4", "--concurrency", "2", "--cold-concurrency", "2",
                       "--delay", "0", "--config-bytes", "10000"],
+    "history_writers": ["--seconds", "3", "--warmup", "1", "--devices", "10", "--backlog", "200"],
 }
 
 EXPECTED_KEYS = {
@@ -40,6 +41,7 @@ EXPECTED_KEYS = {
     "reconcile": ("unchanged", "changed", "summary"),
     "placement": ("runs",),
     "sweep_vs_pool": ("runs", "summary", "parameters"),
+    "history_writers": ("summary", "check", "per_second"),
 }
 
 

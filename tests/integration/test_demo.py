@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -75,6 +76,11 @@ def test_demo_runs_to_its_end_and_leaves_snapshots_and_no_process(tmp_path, ray_
     assert {p.stem for p in output.glob("*.rsc")} == backed_up
     assert {e["routeros_version"].split(".")[0] for e in events} == {"6", "7"}
     assert "auth_blocked" in out and "timeout" in out  # the faulty devices, shown as such
+    # It ends with the most changed device's history and a real diff of the run, masked.
+    tail = out[out.index("demo finished"):]
+    assert "history of sim-" in tail and "first version" in tail, tail
+    assert re.search(r"^\+add address=172\.16\.\d+\.\d+/32 comment=changed-\d+ ", tail, re.M), tail
+    assert "SIMSECRET" not in out  # no secret of the fleet (each holds its device's marker)
     assert processes_using(ray_tmp) == []
 
 

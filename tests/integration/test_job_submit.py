@@ -80,7 +80,7 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
     sim, devices, inventory = sim_fleet(3)
     work = tmp_path / "job"
     work.mkdir()
-    (work / "devices.yaml").write_text(inventory.read_text())
+    (work / "devices.yaml").write_text(inventory.read_text())  # only for the refused submission
     out = tmp_path / "backups"
     runtime_env = {"env_vars": {
         "REDIS_URL": redis_url, "RAY_BACKUP_REDIS_PREFIX": redis_prefix,
@@ -95,7 +95,7 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
         result = _ray(
             "job", "submit", "--no-wait", "--working-dir", str(work),
             "--runtime-env-json", json.dumps(runtime_env), "--",
-            "ray-backup", "run", "--inventory", "devices.yaml", "--output", str(out),
+            "ray-backup", "run", "--inventory", str(inventory), "--output", str(out),
             "--status-every", "5", env=env,
         )
         errors.append(result.stderr[-500:])
@@ -129,6 +129,13 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
 
     logs = _job_logs(job_id, env)
     assert "job running: 3 devices in 3 actors" in logs
+
+    # A relative path resolves inside Ray's copy of the working dir, which goes with the job.
+    refused = _ray("job", "submit", "--working-dir", str(work), "--",
+                   "ray-backup", "run", "--inventory", "devices.yaml", "--output", str(out), env=env)
+    assert refused.returncode != 0
+    assert "--inventory 'devices.yaml' is inside the Ray job's working-dir copy" in (
+        refused.stdout + refused.stderr)
 
     stopped = _ray("job", "stop", job_id, env=env)
     assert stopped.returncode == 0, stopped.stderr

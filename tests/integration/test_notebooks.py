@@ -55,34 +55,40 @@ def test_notebook_runs_top_to_bottom(path, kernel, tmp_path):
     assert errors == []
 
 
-def test_diff_reads_a_devices_snapshots_back_from_kafka(kafka_bootstrap, make_topic, monkeypatch,
-                                                        tmp_path):
-    import ray_backup.notebook as rb
-    from ray_backup.settings import Settings
-    from ray_backup.sinks.kafka import KafkaSink
-    from ray_backup.snapshot import Snapshot
+def test_history_diff_show_and_search_read_the_store_as_dataframes(tmp_path, monkeypatch):
+    import pandas as pd
 
-    topic = make_topic(partitions=2)
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, kafka_topic=topic,
-                        spool_dir=str(tmp_path / "spool"))
-    configs = {"a": ["/ip address\nadd address=10.0.0.1/24\n"] * 2
-               + ["/ip address\nadd address=10.0.0.1/24\nadd address=10.0.0.2/24\n"],
-               "b": ["/system identity\nset name=b\n"] * 3}
-    sink = KafkaSink(settings)
-    try:
-        for n in range(3):  # one at a time: each publish waits for the broker's ack
-            for device, texts in configs.items():
-                sink.publish(Snapshot(device_id=device, tenant_id="t", sha256_hash=f"{device}{texts[n]}",
-                                      collected_at=f"2026-01-01T00:00:0{n}Z", config_text=texts[n],
-                                      normalization_version=1, routeros_version="7.16"))
-    finally:
-        sink.close()
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
-    monkeypatch.setenv("KAFKA_TOPIC", topic)
-    latest = rb.snapshots("a", limit=2)
-    assert [e["collected_at"][-2:] for e in latest] == ["1Z", "2Z"]
-    # Reading back one message at a time still finds them, across both partitions.
-    assert rb._kafka_snapshots(settings, "a", limit=3, window=1) == rb.snapshots("a", limit=3)
-    change = rb.diff("a")
-    assert "+add address=10.0.0.2/24" in change and "-add" not in change
-    assert rb.diff("b") == ""
+    import ray_backup.notebook as rb
+    from ray_backup.history.directory import DirectoryHistory
+    from tests.support.history import DEVICE, at, capture_text, insert_after, snapshot
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    base = capture_text()
+    changed = insert_after(base, "/ip address", "add address=10.9.9.9/24 interface=bridge")
+    secret = insert_after(changed, "/ip address", "add address=10.8.8.8/24 comment=x password=hunter22")
+    store = DirectoryHistory(tmp_path)
+    for hours, text in enumerate([base, base, changed, secret]):
+        store.store(snapshot(text, at(hours)))
+    store.store(snapshot(base, at(0), device="other-device"))
+    store.close()
+
+    versions = rb.history(DEVICE, output=tmp_path)
+    assert len(versions) == 3 and versions.collected_at.is_monotonic_decreasing
+    assert isinstance(versions.collected_at.dtype, pd.DatetimeTZDtype)
+    assert versions.lines_added.isna().tolist() == [False, False, True]
+    assert "ip/address" in versions.sections.iloc[0]
+    fleet = rb.history(output=tmp_path)
+    assert sorted(fleet.device_id.unique()) == sorted([DEVICE, "other-device"]) and len(fleet) == 4
+
+    last = rb.diff(DEVICE, output=tmp_path)
+    assert "+add address=10.8.8.8/24 comment=x password=***" in last and "hunter22" not in last
+    assert "hunter22" in rb.diff(DEVICE, output=tmp_path, show_secrets=True)
+    first_change = rb.diff(DEVICE, versions.snapshot_id.iloc[2][:8], versions.snapshot_id.iloc[1],
+                           output=tmp_path)
+    assert first_change.splitlines().count("+add address=10.9.9.9/24 interface=bridge") == 1
+    assert "hunter22" not in rb.show(DEVICE, output=tmp_path)
+
+    found = rb.search(r"^add address=10\.9\.9\.9/", output=tmp_path)
+    assert found.columns.tolist() == ["hostname", "device_id", "section", "line"]
+    assert found.device_id.tolist() == [DEVICE] and found.section.tolist() == ["/ip address"]
+    assert rb.search("nothing matches this", output=tmp_path).empty

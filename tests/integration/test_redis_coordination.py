@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -13,9 +14,12 @@ import pytest
 import redis
 
 from ray_backup import constants as C
+from ray_backup.actors.semaphore import SSHSemaphore
 from ray_backup.coordination import open_coordinator
 from ray_backup.coordination.base import UnenforcedLock
+from ray_backup.coordination.leases import RedisLeaseStore
 from ray_backup.coordination.redis import RedisCoordinator, RedisLock
+from ray_backup.coordination.renewal import LockRenewer
 from ray_backup.models import DeviceState
 from ray_backup.settings import Settings
 from tests.support.services import free_port
@@ -179,3 +183,64 @@ def test_redis_outage_mid_run(own_redis, redis_prefix, caplog):
         check.close()
     finally:
         c.close()
+
+
+# -- issue 9, item 4: the lock outlives its backup; leases outlive the semaphore -----------
+
+
+def test_a_renewed_lock_outlives_its_ttl_and_stays_exclusive(coordinators, device, raw):
+    first, second = coordinators(), coordinators()
+    lock = first.acquire_lock(device, 0.6)
+
+    async def long_backup():
+        async with LockRenewer(lock, 0.6, asyncio.to_thread):
+            await asyncio.sleep(1.5)  # two and a half TTLs
+            return second.acquire_lock(device, 30)
+
+    assert asyncio.run(long_backup()) is None
+    assert raw.pttl(f"backup:device:{device}") > 0
+    lock.release()
+    assert raw.get(f"backup:device:{device}") is None
+
+
+def test_renewal_never_extends_someone_elses_lock(coordinators, device, raw):
+    first, second = coordinators(), coordinators()
+    stale = first.acquire_lock(device, 0.2)
+    time.sleep(0.3)
+    fresh = second.acquire_lock(device, 5)
+    token = raw.get(f"backup:device:{device}")
+    assert stale.renew() is False
+    assert raw.get(f"backup:device:{device}") == token and raw.pttl(f"backup:device:{device}") <= 5000
+    assert fresh.renew() is True
+    fresh.release()
+
+
+def test_leases_survive_a_re_created_semaphore(redis_url, redis_prefix, raw):
+    async def main():
+        sem = SSHSemaphore(limit=2, store=RedisLeaseStore(redis_url, redis_prefix))
+        a = await sem.acquire("device-a", 60)
+        b = await sem.acquire("device-b", 60)
+        key = f"{redis_prefix}semaphore:leases"
+        assert set(raw.hkeys(key)) == {a, b}
+        # Ray restarted it: a new process, empty memory, same Redis
+        again = SSHSemaphore(limit=2, store=RedisLeaseStore(redis_url, redis_prefix),
+                             restarted=True, quarantine_s=600)
+        assert again.stats()["held"] == 2 and again.stats()["holders"] == ["device-a", "device-b"]
+        waiter = asyncio.create_task(again.acquire("device-c", 60))
+        await asyncio.sleep(0.2)
+        assert not waiter.done()  # still two holders: no third permit
+        assert await again.release(b, "device-a") is False  # not a's lease
+        assert await again.release(b, "device-b") is True
+        c = await asyncio.wait_for(waiter, 2)
+        await asyncio.sleep(0.1)  # the hash is written from the store's thread
+        assert set(raw.hkeys(key)) == {a, c}
+
+    asyncio.run(main())
+
+
+def test_expired_stored_leases_are_dropped(redis_url, redis_prefix, raw):
+    key = f"{redis_prefix}semaphore:leases"
+    raw.hset(key, mapping={"old": json.dumps({"holder": "x", "expires_at": time.time() - 1}),
+                           "bad": "{not json"})
+    sem = SSHSemaphore(limit=1, store=RedisLeaseStore(redis_url, redis_prefix))
+    assert sem.stats()["held"] == 0 and raw.hlen(key) == 0

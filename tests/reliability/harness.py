@@ -32,11 +32,11 @@ class LocalPermits:
     def __init__(self, limit: int = 64) -> None:
         self.semaphore = SSHSemaphore(limit)
 
-    async def acquire(self, holder: str, lease_s: float) -> int:
+    async def acquire(self, holder: str, lease_s: float) -> str:
         return await self.semaphore.acquire(holder, lease_s)
 
-    async def release(self, lease: int) -> None:
-        self.semaphore.release(lease)
+    async def release(self, lease: str, holder: str) -> None:
+        await self.semaphore.release(lease, holder)
 
 
 def schedule(lock_ttl: float = 60.0, lease_s: float = 120.0) -> Schedule:

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.timeout(600)
 def local_ray():
     for attempt in range(2):  # a raylet that is slow to register (loaded CI machine) fails init
         try:
-            ray.init(num_cpus=2, object_store_memory=100 * 2**20, namespace=C.NAMESPACE,
+            ray.init(address="local", num_cpus=2, object_store_memory=100 * 2**20, namespace=C.NAMESPACE,
                      include_dashboard=True, dashboard_port=free_port(),
                      _node_ip_address="127.0.0.1", log_to_driver=True)
             break

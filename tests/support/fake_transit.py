@@ -2,7 +2,8 @@
 
 No Vault or OpenBao server can be installed here, so Transit is tested against
 this: a real HTTP server on 127.0.0.1 that answers ``POST /v1/<mount>/decrypt/<key>``
-the way the real one does (token check, per-key secrets, Vault's error shapes).
+and ``POST /v1/<mount>/encrypt/<key>`` (which, like a key created on first use,
+makes the key when it is new) the way the real one does (token check, per-key secrets, Vault's error shapes).
 ``encrypt()`` makes ``vault:v1:`` ciphertexts that only the named key decrypts.
 """
 
@@ -56,6 +57,14 @@ class FakeTransit:
         sealed = nonce + AESGCM(self.keys[key_name]).encrypt(nonce, plaintext, None)
         return "vault:v1:" + base64.b64encode(sealed).decode()
 
+    def encrypt_request(self, key_name: str, plaintext_b64: str) -> tuple[int, dict]:
+        """(HTTP status, JSON body) as Transit answers an encrypt request."""
+        try:
+            plaintext = base64.b64decode(plaintext_b64, validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            return 400, {"errors": ["failed to base64-decode plaintext"]}
+        return 200, {"data": {"ciphertext": self.encrypt(key_name, plaintext), "key_version": 1}}
+
     def decrypt(self, key_name: str, ciphertext: str) -> tuple[int, dict]:
         """(HTTP status, JSON body) as Transit answers a decrypt request."""
         if key_name not in self.keys:
@@ -75,18 +84,21 @@ def _handler(fake: FakeTransit) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             token = self.headers.get("X-Vault-Token", "")
             fake.requests.append((self.path, token))
-            prefix = f"/v1/{fake.mount}/decrypt/"
+            prefix = f"/v1/{fake.mount}/"
             if token != fake.token:
                 return self._reply(403, {"errors": ["permission denied"]})
-            if not self.path.startswith(prefix):
+            action, _, key = self.path[len(prefix):].partition("/")
+            if not self.path.startswith(prefix) or action not in ("decrypt", "encrypt"):
                 return self._reply(404, {"errors": []})
+            field = "ciphertext" if action == "decrypt" else "plaintext"
             try:
                 length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length))
-                ciphertext = body["ciphertext"]
+                value = json.loads(self.rfile.read(length))[field]
             except (ValueError, KeyError, TypeError):
-                return self._reply(400, {"errors": ["missing ciphertext to decrypt"]})
-            self._reply(*fake.decrypt(self.path[len(prefix):], ciphertext))
+                return self._reply(400, {"errors": [f"missing {field} to {action}"]})
+            if action == "decrypt":
+                return self._reply(*fake.decrypt(key, value))
+            self._reply(*fake.encrypt_request(key, value))
 
         def _reply(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()

@@ -60,6 +60,23 @@ def test_expired_lock_can_be_taken_and_is_not_released_by_its_first_owner():
     assert c.acquire_lock("d", 10) is not None
 
 
+def test_renewal_extends_only_our_unexpired_lock():
+    clock = FakeClock()
+    c = LocalCoordinator(clock=clock)
+    first = c.acquire_lock("d", 10)
+    clock.now += 8
+    assert first.renew()  # good for another 10 s from now
+    clock.now += 8
+    assert c.acquire_lock("d", 10) is None
+    clock.now += 3
+    second = c.acquire_lock("d", 10)  # first expired after all
+    assert second is not None
+    assert not first.renew()  # never extends someone else's lock
+    first.release()
+    assert c.acquire_lock("d", 10) is None
+    assert UnenforcedLock("d").renew()
+
+
 def test_only_one_of_many_threads_gets_the_lock():
     c = LocalCoordinator()
     got = []

@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import time
 
 import pytest
 
@@ -65,7 +66,7 @@ class FakePermits:
         self.held += 1
         return 1
 
-    async def release(self, lease):
+    async def release(self, lease, holder):
         self.held -= 1
 
 
@@ -99,6 +100,14 @@ def make_loop(collector, coordinator=None, permits=None, clock=None):
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def run_until_calls(loop, collector, calls):
+    """The timer loop on the fake clock until the collector was called ``calls`` times."""
+    loop.start()
+    while collector.calls < calls:
+        await asyncio.sleep(0)
+    await loop.stop(grace_s=1)
 
 
 def test_offline_device_is_skipped_without_ssh():
@@ -154,14 +163,7 @@ def test_timer_loop_jitters_first_backup_then_keeps_the_interval():
     collector = ScriptedCollector("ok", "ok", "ok")
     loop, reports = make_loop(collector, clock=clock)
     start = clock.now
-
-    async def main():
-        loop.start()
-        while collector.calls < 3:
-            await asyncio.sleep(0)
-        await loop.stop(grace_s=1)
-
-    run(main())
+    run(run_until_calls(loop, collector, 3))
     first = reports[0]["last_attempt_at"]
     assert start + 30 <= first <= start + 300
     attempts = [r["last_attempt_at"] for r in reports]
@@ -197,3 +199,143 @@ def test_permit_is_returned_before_publishing_but_the_lock_is_kept():
     loop, _ = make_loop(Collector("ok"), coordinator, permits)
     assert run(loop.tick()).ok
     assert seen == {"permits_held": 0, "locks_held": 1}
+
+
+# -- inventory updates that arrive while a backup waits or runs (issue 9, item 2) ---------
+
+ROTATED = Device(**{**DEVICE.__dict__, "credentials": CredentialRef(digest="d2")})
+
+
+class UpdatingPermits(FakePermits):
+    """Hands the loop a new inventory row while its backup waits for the permit."""
+
+    def __init__(self, row):
+        super().__init__()
+        self.row, self.loop = row, None
+
+    async def acquire(self, holder, lease_s):
+        self.loop.update(self.row)
+        return await super().acquire(holder, lease_s)
+
+
+class LearningCollector(ScriptedCollector):
+    """A backup that detects the version and trusts a host key on first use."""
+
+    def fetch(self, device):
+        fetched, _ = super().fetch(device)
+        learned = Device(**{**device.__dict__, "routeros_version": "7.16",
+                            "host_key_fingerprint": device.host_key_fingerprint or "SHA256:new"})
+        return fetched, learned
+
+
+def loop_with_update(row, collector, start=DEVICE):
+    permits = UpdatingPermits(row)
+    loop, _ = make_loop(collector, permits=permits)
+    loop.device = start
+    permits.loop = loop
+    return loop
+
+
+def test_credentials_rotated_during_a_backup_are_kept_with_what_it_learned():
+    loop = loop_with_update(ROTATED, LearningCollector("ok"))
+    assert run(loop.tick()).ok
+    assert loop.device.credentials.digest == "d2"  # the rotation is not lost
+    assert loop.device.routeros_version == "7.16"
+    assert loop.device.host_key_fingerprint == "SHA256:new"
+
+
+def test_host_key_reset_during_a_backup_is_not_undone():
+    pinned = Device(**{**DEVICE.__dict__, "host_key_fingerprint": "SHA256:old"})
+    reset = Device(**{**DEVICE.__dict__, "host_key_fingerprint": None})
+    loop = loop_with_update(reset, LearningCollector("ok"), start=pinned)
+    assert run(loop.tick()).ok
+    assert loop.device.host_key_fingerprint is None  # back to trust on first use
+    assert loop.device.routeros_version == "7.16"
+
+
+def test_a_key_learned_from_an_old_address_is_not_pinned_to_the_new_one():
+    moved = Device(**{**DEVICE.__dict__, "host": "127.0.0.2"})
+    loop = loop_with_update(moved, LearningCollector("ok"))
+    run(loop.tick())
+    assert loop.device.host == "127.0.0.2" and loop.device.host_key_fingerprint is None
+
+
+def test_auth_failure_with_credentials_rotated_meanwhile_does_not_block():
+    collector = ScriptedCollector(errors.AUTH_FAILED, "ok")
+    loop = loop_with_update(ROTATED, collector)
+    result = run(loop.tick())
+    assert result.error_kind == errors.AUTH_FAILED
+    assert loop.state.last_status != C.STATUS_AUTH_BLOCKED  # the new credentials get a try
+    assert loop.state.next_due <= loop.deps.clock.time()
+    loop.deps.permits.row = loop.device
+    assert run(loop.tick()).ok and collector.calls == 2
+
+
+def test_auth_failure_with_unchanged_credentials_still_blocks():
+    loop = loop_with_update(DEVICE, ScriptedCollector(errors.AUTH_FAILED))
+    run(loop.tick())
+    assert loop.state.last_status == C.STATUS_AUTH_BLOCKED
+
+
+# -- no schedule drift (issue 9, item 6) --------------------------------------------------
+
+
+class SlowCollector(ScriptedCollector):
+    """Each backup (with its wait for a permit) takes ``seconds`` on the fake clock."""
+
+    def __init__(self, clock, seconds, *results):
+        super().__init__(*results)
+        self.clock, self.seconds = clock, seconds
+
+    def fetch(self, device):
+        self.clock.now += self.seconds
+        return super().fetch(device)
+
+
+def test_next_backup_is_one_interval_after_the_previous_due_time_not_after_it_ended():
+    clock = FakeClock()
+    collector = SlowCollector(clock, 100, "ok", "ok", "ok")
+    loop, reports = make_loop(collector, clock=clock)
+    run(run_until_calls(loop, collector, 3))
+    attempts = [r["last_attempt_at"] for r in reports]
+    assert [b - a for a, b in itertools.pairwise(attempts)] == [SCHEDULE.interval] * 2
+
+
+def test_a_loop_far_behind_skips_to_the_next_due_time_instead_of_a_burst():
+    clock = FakeClock()
+    loop, _ = make_loop(SlowCollector(clock, 2.5 * SCHEDULE.interval, "ok"), clock=clock)
+    due = clock.now
+    loop.state.next_due = due
+    run(loop.tick())
+    assert loop.state.next_due == due + 3 * SCHEDULE.interval  # the next future grid point
+
+
+def test_a_manual_trigger_leaves_the_schedule_alone():
+    clock = FakeClock()
+    loop, _ = make_loop(ScriptedCollector("ok"), clock=clock)
+    loop.state.next_due = clock.now + 1000
+    run(loop.tick(manual=True))
+    assert loop.state.next_due == clock.now + 1000
+
+
+# -- the per-device lock outlives the backup it protects (issue 9, item 4e) -----------------
+
+
+def test_the_device_lock_is_renewed_while_a_long_backup_runs():
+    from ray_backup.coordination.local import LocalCoordinator
+
+    coordinator = LocalCoordinator()
+    seen = {}
+
+    class Slow(ScriptedCollector):
+        def fetch(self, device):
+            time.sleep(1.0)  # three times the lock's TTL
+            seen["taken_by_another"] = coordinator.acquire_lock(device.id, 10) is not None
+            return super().fetch(device)
+
+    loop, _ = make_loop(Slow("ok"), coordinator)
+    loop.deps.schedule = Schedule(interval=3600, jitter_min=0, jitter_max=0, lock_ttl=0.3,
+                                  lease_s=200)
+    assert run(loop.tick()).ok
+    assert seen == {"taken_by_another": False}
+    assert coordinator.acquire_lock(DEVICE.id, 10) is not None  # released after the backup

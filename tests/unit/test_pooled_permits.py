@@ -51,7 +51,7 @@ def test_acquire_many_grants_what_is_free_and_respects_those_queued_first():
         await asyncio.sleep(0)
         later = asyncio.ensure_future(sem.acquire_many("w", 60, 5))
         await asyncio.sleep(0)
-        assert sem.release_many(first[:2], "w") == 2
+        assert await sem.release_many(first[:2], "w") == 2
         assert await queued  # the job's device, queued first, is served first
         assert len(await later) == 1 and sem.stats()["held"] == 3
 
@@ -71,7 +71,7 @@ def test_many_backups_through_a_pool_never_exceed_the_cap_and_make_few_calls():
             peak = max(peak, running)
             await asyncio.sleep(0.01)
             running -= 1
-            await pool.release(lease)
+            await pool.release(lease, "dev")
 
         await asyncio.gather(*(backup() for _ in range(40)))
         await pool.close()
@@ -94,12 +94,12 @@ def test_a_permit_older_than_the_reuse_window_goes_back_to_the_queue():
         waiting = asyncio.ensure_future(pool.acquire("b", 60))  # this worker's next backup
         await asyncio.sleep(0.01)
         now[0] = 3.0  # past the window: back to the semaphore, where the job's device waits
-        await pool.release(lease)
+        await pool.release(lease, "dev")
         job_lease = await asyncio.wait_for(other, 1)
         assert not waiting.done()
-        sem.release(job_lease)
+        await sem.release(job_lease, "job-device")
         second = await asyncio.wait_for(waiting, 1)
-        await pool.release(second)
+        await pool.release(second, "dev")
         await pool.close()
         assert sem.stats()["held"] == 0 and sem.stats()["peak_held"] == 1
 

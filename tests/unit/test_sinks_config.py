@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from ray_backup.history.changes import FileChangeSink
+from ray_backup.history.directory import DirectoryHistory
 from ray_backup.settings import Settings
 from ray_backup.sinks import open_sink
 from ray_backup.sinks.directory import DirectorySink
+from ray_backup.sinks.history import HistorySink
 from ray_backup.sinks.kafka import DELIVERY_MARGIN_S, KafkaSink
 from ray_backup.sinks.kafka_config import default_spool_dir, producer_config
 
@@ -15,10 +18,11 @@ def settings(**kw) -> Settings:
     return Settings(**kw)
 
 
-def test_open_sink_is_a_directory_without_kafka(tmp_path):
+def test_open_sink_is_a_directory_with_its_history_without_kafka(tmp_path):
     sink = open_sink(settings(output_dir=str(tmp_path / "out")))
-    assert isinstance(sink, DirectorySink)
-    assert sink.path == tmp_path / "out" and sink.path.is_dir()
+    assert isinstance(sink, HistorySink) and isinstance(sink.inner, DirectorySink)
+    assert isinstance(sink.store, DirectoryHistory) and isinstance(sink.changes, FileChangeSink)
+    assert sink.inner.path == tmp_path / "out" and sink.inner.path.is_dir()
 
 
 def test_open_sink_is_kafka_with_bootstrap_servers(tmp_path):
