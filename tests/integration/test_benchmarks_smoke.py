@@ -1,6 +1,6 @@
 """Every benchmark script runs once in a tiny configuration and writes its results file.
 
-The benchmarks are scripts, not timed tests: this only keeps them working. The six
+The benchmarks are scripts, not timed tests: this only keeps them working. They all
 run at the same time (each in its own process, with its own Ray), so the module costs
 about as long as the slowest one (sweep_vs_pool: a `ray start` head, then a CLI that starts
 its own Ray). They run with --allow-dirty (the suite runs from work trees); the refusal
@@ -29,9 +29,11 @@ TINY = {
                        "--settle", "0", "--redis-url", "none"],
     "reconcile": ["--rows", "20", "--devices-per-actor", "10", "--repeats", "1"],
     "placement": ["--per-device", "", "--packed", "12", "--devices-per-actor", "2"],
+    "history_writers": ["--seconds", "3", "--warmup", "1", "--devices", "10", "--backlog", "200"],
+    "history_query": ["--versions", "5", "--repeats", "2", "--cli-repeats", "1",
+                      "--config-bytes", "5000"],
     "sweep_vs_pool": ["--devices", "4", "--concurrency", "2", "--cold-concurrency", "2",
                       "--delay", "0", "--config-bytes", "10000"],
-    "history_writers": ["--seconds", "3", "--warmup", "1", "--devices", "10", "--backlog", "200"],
 }
 
 EXPECTED_KEYS = {
@@ -40,14 +42,15 @@ EXPECTED_KEYS = {
     "memory_startup": ("runs", "summary"),
     "reconcile": ("unchanged", "changed", "summary"),
     "placement": ("runs",),
-    "sweep_vs_pool": ("runs", "summary", "parameters"),
     "history_writers": ("summary", "check", "per_second"),
+    "sweep_vs_pool": ("runs", "summary", "parameters"),
+    "history_query": ("results",),
 }
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, redis_url, kafka_bootstrap):
-    """All six scripts, started together; name -> (process, results path, log path)."""
+    """All the scripts, started together; name -> (process, results path, log path)."""
     out = tmp_path_factory.mktemp("bench")
     procs = {}
     for name, args in TINY.items():
@@ -66,8 +69,12 @@ def launched(tmp_path_factory, redis_url, kafka_bootstrap):
     yield procs
     for proc, _, _ in procs.values():
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+            proc.terminate()  # lets a script stop the fleet and the Ray it started
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -76,7 +83,8 @@ def test_benchmark_runs_tiny_and_writes_its_json(launched, name):
     try:
         code = proc.wait(timeout=420)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        proc.terminate()
+        proc.wait(60)
         pytest.fail(f"{name} still running after 420 s:\n{log.read_text()[-3000:]}")
     assert code == 0, f"{name} exited {code}:\n{log.read_text()[-3000:]}"
     doc = json.loads(results.read_text())
