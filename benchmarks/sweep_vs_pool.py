@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config-bytes", type=int, default=45_000, help="export size (default 45000)")
     p.add_argument("--fleet", choices=bl.FLEETS, default="independent",
                    help="independent (asyncssh servers, default) or simulator (ours)")
+    p.add_argument("--warm-up-sweeps", type=int, default=0,
+                   help="untimed `ray-backup backup` sweeps against each started head before the "
+                        "timed runs: ray-backup's fleet workers persist between sweeps, so this "
+                        "measures every sweep but a cluster's first (default 0)")
     p.add_argument("--repeats", type=int, default=1, help="rounds of every run; medians (default 1)")
     p.add_argument("--ray-cpus", type=int, default=2, help="num_cpus of the started head (default 2)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per run")
@@ -148,11 +152,15 @@ def compare(args: argparse.Namespace) -> list[dict]:
         bl.write_fingerprints(fleet.inventory, fleet.rows)
         for repeat in range(args.repeats):
             with bl.ray_head(bl.clean_env(**auth), num_cpus=args.ray_cpus) as head:
+                warm = bl.clean_env(**auth, RAY_ADDRESS=head.gcs)
+                for _ in range(args.warm_up_sweeps):  # untimed: the state after any sweep
+                    out = run_cli(fleet.inventory, args.concurrency[0], warm, args.timeout)
+                    print(f"warm-up sweep (untimed): {out['ok']}/{args.devices} in "
+                          f"{out['wall_s']:.2f} s", flush=True)
                 bl.wait_quiet(patience=30)
                 for k in args.concurrency:
                     record("pool", k, repeat, run_pool(fleet.inventory, k, args.timeout))
                     head.check()
-                    warm = bl.clean_env(**auth, RAY_ADDRESS=head.gcs)
                     record("warm", k, repeat, run_cli(fleet.inventory, k, warm, args.timeout))
                     head.check()
             for k in args.cold_concurrency:
@@ -186,7 +194,8 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> list[dict]:
 def table(doc: dict) -> str:
     p = doc["parameters"]
     head = (f"N={p['devices']} ({p['fleet']} fleet), {p['config_bytes']:,} B exports after "
-            f"{p['delay_s']} s; whole processes, median of {p['repeats']}")
+            f"{p['delay_s']} s; whole processes, median of {p['repeats']}; "
+            f"{p.get('warm_up_sweeps', 0)} untimed warm-up sweep(s) per started head")
     lines = [[r["concurrency"], r["ray"], r["pool_wall_s"], r["ray_backup_wall_s"],
               f"{r['ratio']:.2f}×" if r["ratio"] else None, r["ray_backup_first_result_s"],
               f"{r['pool_ok']} / {r['ray_backup_ok']}" + ("" if r["all_ok"] else " (failures)")]
@@ -204,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
            "parameters": {"devices": args.devices, "concurrency": args.concurrency,
                           "cold_concurrency": args.cold_concurrency, "delay_s": args.delay,
                           "config_bytes": args.config_bytes, "fleet": args.fleet,
-                          "repeats": args.repeats, "ray_cpus": args.ray_cpus}}
+                          "repeats": args.repeats, "ray_cpus": args.ray_cpus,
+                          "warm_up_sweeps": args.warm_up_sweeps}}
     bl.publish("sweep_vs_pool", doc, args.output, table)
     return 0
 
