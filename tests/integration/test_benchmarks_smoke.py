@@ -32,6 +32,8 @@ TINY = {
     "history_writers": ["--seconds", "3", "--warmup", "1", "--devices", "10", "--backlog", "200"],
     "history_query": ["--versions", "5", "--repeats", "2", "--cli-repeats", "1",
                       "--config-bytes", "5000"],
+    "first_result": ["--devices", "4", "--concurrency", "2", "--delay", "0",
+                     "--config-bytes", "10000", "--sweeps", "2"],
     "sweep_vs_pool": ["--devices", "4", "--concurrency", "2", "--cold-concurrency", "2",
                       "--delay", "0", "--config-bytes", "10000"],
 }
@@ -43,6 +45,7 @@ EXPECTED_KEYS = {
     "reconcile": ("unchanged", "changed", "summary"),
     "placement": ("runs",),
     "history_writers": ("summary", "check", "per_second"),
+    "first_result": ("runs", "parameters"),
     "sweep_vs_pool": ("runs", "summary", "parameters"),
     "history_query": ("results",),
 }
