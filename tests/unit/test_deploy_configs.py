@@ -1,4 +1,4 @@
-"""The deployment files: the cluster launcher config (top level), the KubeRay RayJob and the Grafana dashboard."""
+"""The deployment files: cluster.yaml (top level), the KubeRay RayJob and the Grafana dashboard."""
 
 from __future__ import annotations
 
@@ -167,6 +167,16 @@ def test_rayjob_cluster_has_a_head_and_worker_groups(rayjob):
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         assert all(isinstance(v, str) for v in group.get("rayStartParams", {}).values())
         assert group["template"]["spec"]["containers"][0]["image"]
+
+
+def test_rayjob_cluster_uses_kuberays_token_authentication(rayjob):
+    # KubeRay >= 1.5.1: the operator makes the token Secret and sets RAY_AUTH_MODE and
+    # RAY_AUTH_TOKEN on every Ray container and on the submitter (Ray >= 2.52 required).
+    spec = rayjob["spec"]["rayClusterSpec"]
+    assert spec["authOptions"] == {"mode": "token"}
+    major, minor, *_ = (int(part) for part in spec["rayVersion"].split("."))
+    assert (major, minor) >= (2, 52)
+    assert spec["rayVersion"] == ray.__version__, "the image's Ray must be the pinned one"
 
 
 def test_rayjob_runtime_env_holds_valid_settings_and_no_secret(rayjob):
