@@ -99,7 +99,7 @@ def connect(address: str | None = None, **local_options) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address != "local":
-        _token_auth_by_default()
+        token_auth_by_default()
         try:
             ray.init(address=address, namespace=C.NAMESPACE, log_to_driver=True)
         except Exception as exc:
@@ -119,7 +119,7 @@ def connect(address: str | None = None, **local_options) -> None:
         ray.init(address=address, namespace=C.NAMESPACE, **local_options)
 
 
-def _token_auth_by_default() -> None:
+def token_auth_by_default() -> None:
     """Use token mode for an explicit cluster address when no mode is set and a token exists.
 
     Ray >= 2.59 starts `ray start --head` clusters with token authentication when a token
