@@ -98,11 +98,18 @@ def token_auth_head(num_cpus: int = 2, object_store_mb: int = 100, **env: str) -
         wait_for_port("127.0.0.1", dash_port, timeout=90, proc=head)
         yield RayHead(gcs=f"127.0.0.1:{gcs_port}", dashboard=f"http://127.0.0.1:{dash_port}", home=home)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        _stop(head)
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop(head: subprocess.Popen) -> None:
+    """SIGTERM to the head's process group (Ray stops its processes), SIGKILL after 30 s."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(30)
+    except ProcessLookupError:
+        pass  # the head and its group are gone already
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
