@@ -97,6 +97,11 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
     triggered = head_node.cli("trigger", devices[0].id, "--json")
     assert triggered.returncode == 0, triggered.stderr
     assert json.loads(triggered.stdout)["status"] == "success"
+    # hostkey writes the inventory, then tells the running job, through token auth too.
+    reset = head_node.cli("hostkey", "reset", devices[1].id, "--inventory", str(inventory.resolve()),
+                          env=head_node.bare_env(head_node.gcs))
+    assert reset.returncode == 0, reset.stderr[-2000:]
+    assert "the running job re-read the inventory" in reset.stdout, reset.stdout
     limits = head_node.cli("limits", "--max-concurrent", "5")
     assert limits.returncode == 0, limits.stderr
     assert json.loads(limits.stdout.splitlines()[-1])["limit"] == 5
