@@ -54,6 +54,7 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
     sim, devices, inventory = sim_fleet(3)
     work = tmp_path / "job"
     work.mkdir()
+    (work / "devices.yaml").write_text(inventory.read_text())  # only for the refused submission
     out = tmp_path / "backups"
     runtime_env = {"env_vars": {
         "REDIS_URL": redis_url, "RAY_BACKUP_REDIS_PREFIX": redis_prefix,
@@ -115,6 +116,14 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
         return result.stdout + result.stderr  # the CLI prints the driver's log through its logger
 
     assert "job running: 3 devices in 3 actors" in job_logs()
+
+    # A relative path resolves inside Ray's copy of the working dir, which goes with the job.
+    refused = head_node.ray("job", "submit", "--working-dir", ".", "--",
+                            "ray-backup", "run", "--inventory", "devices.yaml", "--output", str(out),
+                            cwd=work)
+    assert refused.returncode != 0
+    assert "--inventory 'devices.yaml' is inside the Ray job's working-dir copy" in (
+        refused.stdout + refused.stderr)
 
     stopped = head_node.ray("job", "stop", job_id)
     assert stopped.returncode == 0, stopped.stderr
