@@ -69,14 +69,8 @@ class SoakResult:
             "elapsed_s": round(self.elapsed_s),
         }
 
-    def early_second_backups(self) -> list[float]:
-        """First-to-second spacings below the range: a first backup that queued for an SSH
-        permit at start-up, then a second one due one interval after the first's due time."""
-        low = self.interval * (1 - SPACING_TOLERANCE)
-        return [round(t[1] - t[0], 1) for t in self.successes.values() if len(t) > 1 and t[1] - t[0] < low]
-
-    def problems(self, *, but_early_second_backups: bool = False) -> list[str]:
-        """What fails the soak; optionally leaving out the early second backups."""
+    def problems(self) -> list[str]:
+        """What fails the soak."""
         found = list(self.supervisor_problems[:3])
         short = [d for d in self.device_ids if len(self.successes.get(d, [])) < NEEDED_SUCCESSES]
         if short:
@@ -84,9 +78,6 @@ class SoakResult:
                          f"{NEEDED_SUCCESSES} successes (counts {sorted(self.counts())[:10]}…)")
         low, high = self.interval * (1 - SPACING_TOLERANCE), self.interval * (1 + SPACING_TOLERANCE)
         off = [round(s, 1) for s in self.spacings() if not low <= s <= high]
-        if but_early_second_backups:
-            for early in self.early_second_backups():
-                off.remove(early)
         if off:
             found.append(f"{len(off)} spacings outside {low:g}–{high:g} s: {off[:10]}")
         if self.stop_s is None:
