@@ -21,6 +21,7 @@ import memory_startup
 import overhead
 import placement
 import reconcile
+import sweep_vs_pool
 
 TABLES = {
     "fleet_sweep": fleet_sweep.table,
@@ -29,6 +30,7 @@ TABLES = {
     "reconcile": reconcile.table,
     "placement": placement.table,
     "history_writers": history_writers.table,
+    "sweep_vs_pool": sweep_vs_pool.table,
 }
 
 
