@@ -1,12 +1,12 @@
 """FleetWorker: backs up the devices of one-shot fleet backups, many at a time.
 
 One worker per node, named ``fleet-worker:<node id>`` and kept between sweeps (a
-process start and the parts of a ``Runtime`` cost seconds; a sweep should not pay
-them again). A sweep hands a worker all of its devices in one call and gets the
-results back as a stream, in completion order, several to a message when they come
-together. Each sweep brings its own settings (as environment variables, no secrets):
-the worker keeps a ``Runtime`` per distinct set, so later sweeps with the same
-settings reuse its connections. ``ray-backup stop`` removes the workers.
+process start, importing the backup path, costs seconds; a sweep should not pay it
+again). A sweep hands a worker all of its devices in one call and gets the results
+back as a stream, in completion order, several to a message when they come together.
+Each sweep brings its own settings (as environment variables, no secrets) and gets a
+``Runtime`` of its own (a few ms); host-key "verified" notes are shared per inventory.
+``ray-backup stop`` removes the workers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from ray_backup import constants as C
@@ -33,28 +32,19 @@ from ray_backup.settings import Settings
 log = logging.getLogger(__name__)
 
 LOCKED_POLL_S = 2.0
-# Runtimes kept for settings no running sweep uses (each holds its sink and coordinator).
-IDLE_RUNTIMES = 4
-
-
-class _Cached:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.users = 0
 
 
 class FleetWorker:
     def __init__(self) -> None:
-        self._runtimes: OrderedDict[tuple, _Cached] = OrderedDict()
         self._verify_notes: dict[tuple, VerifyNotes] = {}
         self._lock = asyncio.Lock()
         self.sweeps = 0
 
     def __repr__(self) -> str:
-        return f"FleetWorker(runtimes={len(self._runtimes)}, sweeps={self.sweeps})"
+        return f"FleetWorker(sweeps={self.sweeps})"
 
     def info(self) -> dict:
-        return {"pid": os.getpid(), "sweeps": self.sweeps, "runtimes": len(self._runtimes)}
+        return {"pid": os.getpid(), "sweeps": self.sweeps}
 
     async def sweep(self, env: dict[str, str], devices: list[Device],
                     plan: SweepPlan) -> AsyncIterator[list[dict]]:
@@ -63,10 +53,13 @@ class FleetWorker:
             raise errors.StaleWorker(f"fleet worker runs code {code_id()}, driver {plan.code}")
         self.sweeps += 1
         logs.setup(plan.log_level)
-        cached = await self._runtime(env)
+        settings = Settings.load(environ={**os.environ, **env})
+        # A Runtime per sweep (a few ms): its sink writes history, whose state must be read
+        # afresh by each sweep (the job's actors write the same history in between).
+        runtime = await in_thread(Runtime, settings, None, self._notes(settings))
         permits = (PooledPermits(plan.semaphore, plan.holder) if plan.semaphore
                    else LocalPermits(plan.limit))
-        deps = cached.runtime.loop_deps(permits)
+        deps = runtime.loop_deps(permits)
         done: asyncio.Queue[dict] = asyncio.Queue()
 
         async def one(device: Device) -> None:
@@ -92,20 +85,7 @@ class FleetWorker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await permits.close()
-            cached.users -= 1
-
-    async def _runtime(self, env: dict[str, str]) -> _Cached:
-        key = tuple(sorted(env.items()))
-        async with self._lock:
-            cached = self._runtimes.get(key)
-            if cached is None:
-                settings = Settings.load(environ={**os.environ, **env})
-                cached = _Cached(await in_thread(Runtime, settings, None, self._notes(settings)))
-                self._runtimes[key] = cached
-                await self._evict()
-            self._runtimes.move_to_end(key)
-            cached.users += 1
-            return cached
+            await in_thread(runtime.close)
 
     def _notes(self, settings: Settings) -> VerifyNotes:
         """One per inventory: a key verified in one sweep need not be noted again by the
@@ -116,16 +96,9 @@ class FleetWorker:
                 InventoryHostKeys(lambda: open_inventory(settings)))
         return self._verify_notes[where]
 
-    async def _evict(self) -> None:
-        idle = [k for k, c in self._runtimes.items() if c.users == 0]
-        for key in idle[:max(0, len(idle) - IDLE_RUNTIMES)]:
-            await in_thread(self._runtimes.pop(key).runtime.close)
-
     async def close(self) -> None:
-        """Close every runtime (``ray-backup stop`` kills the worker after this)."""
+        """Stop the host-key notes (``ray-backup stop`` kills the worker after this)."""
         async with self._lock:
-            while self._runtimes:
-                await in_thread(self._runtimes.popitem()[1].runtime.close)
             for notes in self._verify_notes.values():
                 await in_thread(notes.close)
             self._verify_notes.clear()
