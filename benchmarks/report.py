@@ -34,7 +34,7 @@ def machine_line(doc: dict) -> str:
     m = doc.get("machine", {})
     return (f"{m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('ram_gb')} GB RAM, "
             f"Python {m.get('python')}, Ray {m.get('ray')}, paramiko {m.get('paramiko')}; "
-            f"load {m.get('load_avg_1m_at_start')} at start; commit {doc.get('git_commit')}, "
+            f"load {m.get('load_avg_1m_at_start')} at start; {bl.provenance.line(doc)}, "
             f"{doc.get('finished_at')}")
 
 
