@@ -52,7 +52,9 @@ from benchlib.rayenv import (
     hosted_loops,
     local_ray,
     quiet_job_settings,
+    ray_head,
     run_child,
+    token_auth_env,
     wait_children_gone,
 )
 from benchlib.results import (
@@ -70,7 +72,8 @@ __all__ = [
     "WATCH_ENV", "FleetProcess", "IndependentFleet", "Progress", "SimFleet", "Window",
     "child_answer", "clean_env", "export_command", "hosted_loops", "int_list", "listening_pid",
     "local_ray", "machine", "markdown_table", "median", "memory_of", "open_fleet", "pid_cpu",
-    "provenance", "publish", "quiet_job_settings", "ratio", "ray_processes", "run_child", "save",
+    "provenance", "publish", "quiet_job_settings", "ratio", "ray_head", "ray_processes",
+    "run_child", "save", "token_auth_env",
     "scratch", "status_counts", "tree", "tree_cpu", "wait_children_gone", "wait_quiet",
     "watched_pids", "write_fingerprints", "write_inventory",
 ]

@@ -136,3 +136,50 @@ def quiet_job_settings(prefix: str, n: int, per_actor: int):
                        "RAY_BACKUP_OUTPUT_DIR": str(workdir / "out"),
                        "RAY_BACKUP_DEVICES_PER_ACTOR": str(per_actor)})
     return Settings.load(), job.actor_env()
+
+
+def token_auth_env(workdir: str | os.PathLike) -> dict[str, str]:
+    """Token authentication for a Ray of our own and its clients: a fresh token in a
+    private file, never the user's ``~/.ray/auth_token`` (another Ray's)."""
+    import secrets
+
+    path = Path(workdir) / "ray-auth-token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
+@contextlib.contextmanager
+def ray_head(env: dict[str, str], num_cpus: int = 2, timeout: float = 120.0) -> Iterator[str]:
+    """``ray start --head --block`` as a user runs it (dashboard included), on ports of its
+    own and a temp dir of its own; yields its GCS address and stops it (its process group)
+    on exit."""
+    import signal
+
+    from tests.support.services import free_port, wait_for_port
+
+    gcs, dashboard = free_port(), free_port()
+    # Ray's default agent, client and metrics ports are fixed numbers that another Ray on
+    # this machine may hold.
+    own_ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "ray-client-server-port")]
+    temp_dir = scratch("rbh")
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+         f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+         f"--num-cpus={num_cpus}", f"--object-store-memory={200 * 1024**2}",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats", *own_ports],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port("127.0.0.1", dashboard, timeout=timeout, proc=head)
+        yield f"127.0.0.1:{gcs}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
+            head.wait(10)
