@@ -67,29 +67,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def timed(argv: list[str], env: dict[str, str], timeout: float) -> dict:
     """Run ``argv`` from a scratch directory; its wall time from start to exit, the time of
-    its first stdout line and the stdout lines. A new session, so that whatever it leaves
-    behind (a Ray it started) can be stopped by its process group."""
+    its first stdout line and the stdout lines; killed after ``timeout`` s. A new session,
+    so that whatever it leaves behind (a Ray it started) can be stopped by its group."""
+    import threading
+
     started = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines, first = [], None
-    deadline = started + timeout
-    try:
+    lines: list[str] = []
+    first: list[float] = []
+    err: list[str] = []
+
+    def read_stdout() -> None:
         for line in proc.stdout:
-            first = first if first is not None else time.perf_counter() - started
+            if not first:
+                first.append(time.perf_counter() - started)
             lines.append(line)
-            if time.perf_counter() > deadline:
-                raise subprocess.TimeoutExpired(argv, timeout)
-        err = proc.stderr.read()
-        code = proc.wait(max(1.0, deadline - time.perf_counter()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        stop_group(proc.pid)
+
+    readers = [threading.Thread(target=read_stdout, daemon=True),
+               threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)]
+    for reader in readers:
+        reader.start()
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        code = None  # a hung run: reported, not waited for
     wall = time.perf_counter() - started
-    return {"wall_s": round(wall, 3), "first_line_s": round(first, 3) if first else None,
-            "exit_code": code, "stdout": lines, "stderr_tail": err[-1500:]}
+    if code is None:
+        proc.kill()
+        proc.wait(10)
+    stop_group(proc.pid)
+    for reader in readers:
+        reader.join(10)
+    return {"wall_s": round(wall, 3), "first_line_s": round(first[0], 3) if first else None,
+            "exit_code": code, "stdout": lines, "stderr_tail": "".join(err)[-1500:]}
 
 
 def stop_group(pgid: int) -> None:
@@ -128,7 +139,7 @@ def compare(args: argparse.Namespace) -> list[dict]:
 
     def record(kind: str, k: int, repeat: int, result: dict) -> None:
         runs.append({"run": kind, "concurrency": k, "repeat": repeat, "devices": args.devices,
-                     **result})
+                     "load_avg_1m_after": round(os.getloadavg()[0], 2), **result})
         print(f"K={k:3d} #{repeat} {kind:5s} {result['ok']:4d}/{args.devices} backed up "
               f"in {result['wall_s']:7.2f} s (exit {result['exit_code']})", flush=True)
 
@@ -136,12 +147,14 @@ def compare(args: argparse.Namespace) -> list[dict]:
                        config_bytes=args.config_bytes) as fleet:
         bl.write_fingerprints(fleet.inventory, fleet.rows)
         for repeat in range(args.repeats):
-            with bl.ray_head(bl.clean_env(**auth), num_cpus=args.ray_cpus) as address:
+            with bl.ray_head(bl.clean_env(**auth), num_cpus=args.ray_cpus) as head:
                 bl.wait_quiet(patience=30)
                 for k in args.concurrency:
                     record("pool", k, repeat, run_pool(fleet.inventory, k, args.timeout))
-                    warm = bl.clean_env(**auth, RAY_ADDRESS=address)
+                    head.check()
+                    warm = bl.clean_env(**auth, RAY_ADDRESS=head.gcs)
                     record("warm", k, repeat, run_cli(fleet.inventory, k, warm, args.timeout))
+                    head.check()
             for k in args.cold_concurrency:
                 if k not in args.concurrency:
                     record("pool", k, repeat, run_pool(fleet.inventory, k, args.timeout))
@@ -184,7 +197,11 @@ def table(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the fleet and the Ray head this run started stop too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     bl.provenance.require_clean(args.allow_dirty)
     runs = compare(args)
     doc = {"runs": runs, "summary": summarize(runs, args),

@@ -149,21 +149,34 @@ def token_auth_env(workdir: str | os.PathLike) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
 
 
+class RayHead:
+    """A ``ray start --head --block`` process: its GCS address, and whether it still runs."""
+
+    def __init__(self, proc: subprocess.Popen, gcs: str) -> None:
+        self.proc = proc
+        self.gcs = gcs
+
+    def check(self) -> None:
+        """Fail loudly when the head has exited (a client of a dead head can hang)."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the Ray head exited ({self.proc.returncode}); see its logs")
+
+
 @contextlib.contextmanager
-def ray_head(env: dict[str, str], num_cpus: int = 2, timeout: float = 120.0) -> Iterator[str]:
+def ray_head(env: dict[str, str], num_cpus: int = 2, timeout: float = 180.0) -> Iterator[RayHead]:
     """``ray start --head --block`` as a user runs it (dashboard included), on ports of its
-    own and a temp dir of its own; yields its GCS address and stops it (its process group)
-    on exit."""
+    own and a temp dir of its own; yields it once its dashboard agent listens (until then
+    its raylet may still give up) and stops it (its process group) on exit."""
     import signal
 
     from tests.support.services import free_port, wait_for_port
 
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard, agent = free_port(), free_port(), free_port()
     # Ray's default agent, client and metrics ports are fixed numbers that another Ray on
     # this machine may hold.
-    own_ports = [f"--{name}={free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "metrics-export-port", "ray-client-server-port")]
+    own_ports = [f"--dashboard-agent-listen-port={agent}"] + [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+        "ray-client-server-port")]
     temp_dir = scratch("rbh")
     head = subprocess.Popen(
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
@@ -172,8 +185,9 @@ def ray_head(env: dict[str, str], num_cpus: int = 2, timeout: float = 120.0) -> 
          f"--temp-dir={temp_dir}", "--disable-usage-stats", *own_ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for_port("127.0.0.1", dashboard, timeout=timeout, proc=head)
-        yield f"127.0.0.1:{gcs}"
+        for port in (dashboard, agent):
+            wait_for_port("127.0.0.1", port, timeout=timeout, proc=head)
+        yield RayHead(head, f"127.0.0.1:{gcs}")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGTERM)

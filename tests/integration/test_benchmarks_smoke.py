@@ -64,8 +64,12 @@ def launched(tmp_path_factory, redis_url, kafka_bootstrap):
     yield procs
     for proc, _, _ in procs.values():
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+            proc.terminate()  # lets a script stop the fleet and the Ray it started
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -74,7 +78,8 @@ def test_benchmark_runs_tiny_and_writes_its_json(launched, name):
     try:
         code = proc.wait(timeout=420)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        proc.terminate()
+        proc.wait(60)
         pytest.fail(f"{name} still running after 420 s:\n{log.read_text()[-3000:]}")
     assert code == 0, f"{name} exited {code}:\n{log.read_text()[-3000:]}"
     doc = json.loads(results.read_text())
