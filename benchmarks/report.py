@@ -20,6 +20,7 @@ import memory_startup
 import overhead
 import placement
 import reconcile
+import sweep_vs_pool
 
 TABLES = {
     "fleet_sweep": fleet_sweep.table,
@@ -27,6 +28,7 @@ TABLES = {
     "memory_startup": memory_startup.table,
     "reconcile": reconcile.table,
     "placement": placement.table,
+    "sweep_vs_pool": sweep_vs_pool.table,
 }
 
 

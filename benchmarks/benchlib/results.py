@@ -18,6 +18,9 @@ import psutil
 from benchlib import provenance
 from benchlib.common import RESULTS
 
+# Taken when the script starts (it imports this module first), not when it saves.
+_LOAD_AT_START = round(os.getloadavg()[0], 2)
+
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
@@ -38,7 +41,7 @@ def machine() -> dict[str, Any]:
         "ray": ray.__version__,
         "paramiko": paramiko.__version__,
         "os": f"{platform.system()} {platform.release()}",
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+        "load_avg_1m_at_start": _LOAD_AT_START,
     }
 
 

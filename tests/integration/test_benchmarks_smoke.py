@@ -1,6 +1,6 @@
 """Every benchmark script runs once in a tiny configuration and writes its results file.
 
-The benchmarks are scripts, not timed tests: this only keeps them working. The six
+The benchmarks are scripts, not timed tests: this only keeps them working. The seven
 run at the same time (each in its own process, with its own Ray), so the module costs
 about as long as the slowest one (sweep_vs_pool: a `ray start` head, then a CLI that starts
 its own Ray). They run with --allow-dirty (the suite runs from work trees); the refusal
@@ -29,6 +29,8 @@ TINY = {
                        "--settle", "0", "--redis-url", "none"],
     "reconcile": ["--rows", "20", "--devices-per-actor", "10", "--repeats", "1"],
     "placement": ["--per-device", "", "--packed", "12", "--devices-per-actor", "2"],
+    "history_query": ["--versions", "5", "--repeats", "2", "--cli-repeats", "1",
+                      "--config-bytes", "5000"],
     "sweep_vs_pool": ["--devices", "4", "--concurrency", "2", "--cold-concurrency", "2",
                       "--delay", "0", "--config-bytes", "10000"],
 }
@@ -40,12 +42,13 @@ EXPECTED_KEYS = {
     "reconcile": ("unchanged", "changed", "summary"),
     "placement": ("runs",),
     "sweep_vs_pool": ("runs", "summary", "parameters"),
+    "history_query": ("results",),
 }
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, redis_url, kafka_bootstrap):
-    """All six scripts, started together; name -> (process, results path, log path)."""
+    """All seven scripts, started together; name -> (process, results path, log path)."""
     out = tmp_path_factory.mktemp("bench")
     procs = {}
     for name, args in TINY.items():
