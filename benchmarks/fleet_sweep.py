@@ -10,11 +10,16 @@
 - ``nornir``: Nornir's threaded runner (num_workers=K) with nornir-netmiko's
   ``netmiko_send_command`` of the export (device_type mikrotik_routeros).
 
-All three back up the same simulator process (``python -m ray_backup.simulator``,
-started once per N), one after another, each tool in a fresh child process whose
-process tree (driver, Ray services and workers; never the simulator) is measured
-with psutil from the first connection to the last result. Tools take turns in a
-rotating order per repeat; the summary reports medians and ratios.
+All three back up the same fleet process, started once per N, one after another:
+``--fleet simulator`` (default) is our simulator (``python -m ray_backup.simulator``),
+``--fleet independent`` a fleet of asyncssh servers we did not write
+(``tests/support/independent_ssh.py``, one port per device). The device delay applies to
+exports only (``--delay-applies-to export``, as a real device, which answers typed lines at
+once); ``all`` restores the simulator's old behaviour of delaying every typed line, which
+made Nornir (Netmiko types ~9 lines per backup) wait ~9 times per device. Each tool
+runs in a fresh child process whose process tree (driver, Ray services and workers;
+never the fleet) is measured with psutil from the first connection to the last result.
+Tools take turns in a rotating order per repeat; the summary reports medians and ratios.
 """
 
 from __future__ import annotations
@@ -41,11 +46,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=bl.int_list, default=[10, 50],
                    help="SSH concurrency values K, e.g. 10,50")
     p.add_argument("--delay", type=float, default=0.5,
-                   help="simulated device response delay per command, seconds (default 0.5)")
+                   help="device delay before each export, seconds (default 0.5)")
+    p.add_argument("--delay-applies-to", choices=("export", "all"), default="export",
+                   help="simulator only: delay exports (default), or every command line typed "
+                        "(the old behaviour, which inflates Nornir's times)")
+    p.add_argument("--fleet", choices=bl.FLEETS, default="simulator",
+                   help="simulator (ours, paramiko) or independent (asyncssh servers)")
     p.add_argument("--config-bytes", type=int, default=30_000,
                    help="export size per device (default 30000; captures pad to 10-50 KB)")
     p.add_argument("--repeats", type=int, default=3, help="runs per tool and (N, K); medians")
-    p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of " + ", ".join(TOOLS))
+    p.add_argument("--tools", default=None,
+                   help="comma-separated subset of " + ", ".join(TOOLS) + " (default: all; "
+                        "floor,ray-backup with --fleet independent)")
     p.add_argument("--nornir-max-devices", type=int, default=0,
                    help="back up at most this many devices with Nornir (0: all); its rate is "
                         "reported per second, so a subset keeps long runs bounded")
@@ -59,8 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inventory", help=argparse.SUPPRESS)
     p.add_argument("--sim-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
+    bl.provenance.add_argument(p)
     args = p.parse_args(argv)
+    if args.tools is None:
+        args.tools = ",".join(t for t in TOOLS if t != "nornir" or args.fleet != "independent")
     args.tools = [t for t in args.tools.split(",") if t]
+    if args.fleet == "independent" and "nornir" in args.tools and not args.child:
+        p.error("nornir needs an interactive shell, which the independent server does not offer")
     unknown = set(args.tools) - set(TOOLS)
     if unknown:
         p.error(f"unknown tools {sorted(unknown)}")
@@ -228,7 +245,8 @@ def sweep(args: argparse.Namespace) -> dict:
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="rb-bench-sweep-") as workdir:
         for n in args.devices:
-            with bl.SimFleet(n, workdir, delay=args.delay, config_bytes=args.config_bytes) as sim:
+            with bl.open_fleet(args.fleet, n, workdir, delay=args.delay, config_bytes=args.config_bytes,
+                               delay_applies_to=args.delay_applies_to) as sim:
                 if not args.first_use:
                     bl.write_fingerprints(sim.inventory, sim.rows)
                 for k in args.concurrency:
@@ -239,7 +257,7 @@ def sweep(args: argparse.Namespace) -> dict:
     return {"runs": runs, "summary": summarize(runs, args)}
 
 
-def one_run(args: argparse.Namespace, sim: bl.SimFleet, tool: str, n: int, k: int, repeat: int) -> dict:
+def one_run(args: argparse.Namespace, sim: bl.FleetProcess, tool: str, n: int, k: int, repeat: int) -> dict:
     limit = args.nornir_max_devices if tool == "nornir" else 0
     if tool == "ray-backup" and args.first_use:
         Path(f"{sim.inventory}.hostkeys.json").unlink(missing_ok=True)
@@ -259,7 +277,7 @@ def one_run(args: argparse.Namespace, sim: bl.SimFleet, tool: str, n: int, k: in
         "cpu_ms_per_backup_net_of_idle": net_of_idle(result),
         "sim_exports": exports,
         "sim_commands_per_backup": round((after["commands"] - before["commands"]) / max(done, 1), 2),
-        "sim_peak_commands": after["peak_active_commands"],
+        "sim_peak_commands": after.get("peak_active_commands"),
     }
     print(f"N={n} K={k} #{repeat} {tool:10s} ok {result['ok']}/{done} "
           f"{run['backups_per_s']:8.2f}/s  cpu {run['cpu_ms_per_backup']:7.2f} ms/backup  "
@@ -303,17 +321,23 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> list[dict]:
                 }
             rb = cell.get("ray-backup", {})
             summary = {"devices": n, "concurrency": k, "delay_s": args.delay,
+                       "delay_applies_to": delay_scope(args), "fleet": args.fleet,
                        "config_bytes": args.config_bytes, "tools": cell}
             if rb:
                 for ref, name in (("floor", "floor"), ("nornir", "Nornir")):
                     if ref in cell:
                         summary[f"vs_{ref}"] = bl.ratio(rb["backups_per_s"], cell[ref]["backups_per_s"], name)
-                        summary[f"vs_{ref}_value"] = round(
+                        summary[f"vs_{ref}_value"] = (round(
                             rb["backups_per_s"] / cell[ref]["backups_per_s"], 3)
+                            if cell[ref]["backups_per_s"] else None)
                         summary[f"cpu_vs_{ref}"] = bl.ratio(rb["cpu_ms_per_backup"],
                                                             cell[ref]["cpu_ms_per_backup"], name)
             rows.append(summary)
     return rows
+
+
+def delay_scope(args: argparse.Namespace) -> str:
+    return "export" if args.fleet == "independent" else args.delay_applies_to
 
 
 def table(doc: dict) -> str:
@@ -338,14 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child_main(args)
         return 0
+    bl.provenance.require_clean(args.allow_dirty)
     doc = sweep(args)
     doc["parameters"] = {"devices": args.devices, "concurrency": args.concurrency,
-                         "delay_s": args.delay, "config_bytes": args.config_bytes,
+                         "delay_s": args.delay, "delay_applies_to": delay_scope(args),
+                         "fleet": args.fleet, "config_bytes": args.config_bytes,
                          "repeats": args.repeats, "tools": args.tools, "ray_cpus": args.ray_cpus,
                          "nornir_max_devices": args.nornir_max_devices, "first_use": args.first_use}
-    path = bl.save("fleet_sweep", doc, args.output)
-    print(table(doc))
-    print(f"results: {path}")
+    bl.publish("fleet_sweep", doc, args.output, table)
     return 0
 
 

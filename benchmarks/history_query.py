@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "else a private server)")
     p.add_argument("--stores", default="postgres,directory", help="which stores (both)")
     p.add_argument("--output", help="results file (default benchmarks/results/history_query.json)")
+    bl.provenance.add_argument(p)
     return p.parse_args(argv)
 
 
@@ -198,10 +199,10 @@ def table(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    bl.provenance.require_clean(args.allow_dirty)
     doc = run(args)
-    path = bl.save("history_query", doc, args.output)
-    print(table(doc))
-    print(f"goal: library < {GOAL_LIBRARY_MS:g} ms median, CLI < {GOAL_CLI_MS:g} ms; wrote {path}")
+    bl.publish("history_query", doc, args.output, table)
+    print(f"goal: library < {GOAL_LIBRARY_MS:g} ms median, CLI < {GOAL_CLI_MS:g} ms")
     return 0
 
 

@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", help="results file (default benchmarks/results/memory_startup.json)")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)  # N, run in this process
     p.add_argument("--per-actor", type=int, default=1, help=argparse.SUPPRESS)
+    bl.provenance.add_argument(p)
     return p.parse_args(argv)
 
 
@@ -184,13 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         bl.child_answer(measure(args.child, args.per_actor, args.ray_cpus, args.settle, args.timeout))
         return 0
+    bl.provenance.require_clean(args.allow_dirty)
     doc = sweep(args)
     doc["parameters"] = {"per_device": args.per_device, "packed": args.packed,
                          "devices_per_actor": args.devices_per_actor, "repeats": args.repeats,
                          "goal_bytes_per_device": GOAL_BYTES_PER_DEVICE, "goal_start_s": GOAL_START_S}
-    path = bl.save("memory_startup", doc, args.output)
-    print(table(doc))
-    print(f"results: {path}")
+    bl.publish("memory_startup", doc, args.output, table)
     return 0
 
 

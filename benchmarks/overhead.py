@@ -25,6 +25,7 @@ the latency a backup gains.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -58,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--inventory", help=argparse.SUPPRESS)
     p.add_argument("--sim-pid", type=int, help=argparse.SUPPRESS)
+    bl.provenance.add_argument(p)
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     if set(args.variants) - set(VARIANTS):
@@ -139,7 +141,7 @@ def child_main(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- the comparison
 
 
-@bl.contextlib.contextmanager
+@contextlib.contextmanager
 def kafka(bootstrap: str | None):
     from tests.support import services as svc
 
@@ -150,7 +152,7 @@ def kafka(bootstrap: str | None):
         yield broker.bootstrap, broker.pid
 
 
-@bl.contextlib.contextmanager
+@contextlib.contextmanager
 def redis_server(url: str):
     from tests.support import services as svc
 
@@ -170,7 +172,8 @@ def compare(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="rb-bench-overhead-") as workdir, \
             redis_server(args.redis_url) as (redis_url, redis_pid), \
             kafka(args.kafka_bootstrap) as (bootstrap, kafka_pid), \
-            bl.SimFleet(args.devices, workdir, delay=args.delay, config_bytes=args.config_bytes) as sim:
+            bl.SimFleet(args.devices, workdir, delay=args.delay, config_bytes=args.config_bytes,
+                        delay_applies_to="export") as sim:
         bl.write_fingerprints(sim.inventory, sim.rows)
         topic = svc.create_topic(bootstrap, f"rb_bench_{uuid.uuid4().hex[:8]}")
         watch = ",".join(f"{name}={pid}" for name, pid in (("kafka", kafka_pid), ("redis", redis_pid)) if pid)
@@ -282,13 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child_main(args)
         return 0
+    bl.provenance.require_clean(args.allow_dirty)
     doc = compare(args)
     doc["parameters"] = {"devices": args.devices, "concurrency": args.concurrency, "delay_s": args.delay,
                          "config_bytes": args.config_bytes, "repeats": args.repeats,
                          "variants": args.variants, "goal_cpu_ms": GOAL_CPU_MS}
-    path = bl.save("overhead", doc, args.output)
-    print(table(doc))
-    print(f"results: {path}")
+    bl.publish("overhead", doc, args.output, table)
     return 0
 
 

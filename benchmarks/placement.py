@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", help="results file (default benchmarks/results/placement.json)")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--per-actor", type=int, default=1, help=argparse.SUPPRESS)
+    bl.provenance.add_argument(p)
     return p.parse_args(argv)
 
 
@@ -140,12 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         bl.child_answer(measure(args.child, args.per_actor, args.nodes, args.timeout))
         return 0
+    bl.provenance.require_clean(args.allow_dirty)
     doc = sweep(args)
     doc["parameters"] = {"nodes": args.nodes, "per_device": args.per_device, "packed": args.packed,
                          "devices_per_actor": args.devices_per_actor}
-    path = bl.save("placement", doc, args.output)
-    print(table(doc))
-    print(f"results: {path}")
+    bl.publish("placement", doc, args.output, table)
     return 0
 
 

@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-cpus", type=int, default=2)
     p.add_argument("--timeout", type=float, default=600, help="seconds for the job to start")
     p.add_argument("--output", help="results file (default benchmarks/results/reconcile.json)")
+    bl.provenance.add_argument(p)
     return p.parse_args(argv)
 
 
@@ -191,16 +192,15 @@ def table(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    bl.provenance.require_clean(args.allow_dirty)
     doc = run(args)
     doc["parameters"] = {"rows": args.rows, "changed_percent": args.changed_percent,
                          "devices_per_actor": args.devices_per_actor, "repeats": args.repeats,
                          "goal_s": GOAL_S, "goal_queries": GOAL_QUERIES}
-    path = bl.save("reconcile", doc, args.output)
-    print(table(doc))
     print("statements of the last changed reconcile:")
     for s in doc["summary"]["statement_list"]:
         print(f"  {s['calls']:3d}  {s['query']}")
-    print(f"results: {path}")
+    bl.publish("reconcile", doc, args.output, table)
     return 0
 
 

@@ -21,6 +21,7 @@ import memory_startup
 import overhead
 import placement
 import reconcile
+import sweep_vs_pool
 
 TABLES = {
     "fleet_sweep": fleet_sweep.table,
@@ -29,6 +30,7 @@ TABLES = {
     "reconcile": reconcile.table,
     "placement": placement.table,
     "history_writers": history_writers.table,
+    "sweep_vs_pool": sweep_vs_pool.table,
 }
 
 
@@ -36,7 +38,7 @@ def machine_line(doc: dict) -> str:
     m = doc.get("machine", {})
     return (f"{m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('ram_gb')} GB RAM, "
             f"Python {m.get('python')}, Ray {m.get('ray')}, paramiko {m.get('paramiko')}; "
-            f"load {m.get('load_avg_1m_at_start')} at start; commit {doc.get('git_commit')}, "
+            f"load {m.get('load_avg_1m_at_start')} at start; {bl.provenance.line(doc)}, "
             f"{doc.get('finished_at')}")
 
 

@@ -1,7 +1,8 @@
 """Run a simulated fleet in its own process (so its CPU is measured apart).
 
     python -m ray_backup.simulator --devices 1000 --inventory fleet.yaml \\
-        [--base-port 2200] [--seed 0] [--delay 0.1] [--config-bytes 50000] \\
+        [--base-port 2200] [--seed 0] [--delay 0.1 [--delay-applies-to export]] \\
+        [--config-bytes 50000] \\
         [--fault stall=2 --fault wrong_password=1 ...]
 
 Prints ``ready <N> devices`` on stdout once every device listens, then runs until
@@ -21,6 +22,7 @@ import signal
 import sys
 import threading
 
+from ray_backup.simulator.device import DELAY_SCOPES
 from ray_backup.simulator.fleet import (
     DEFAULT_PASSWORD,
     DEFAULT_VERSIONS,
@@ -41,6 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for ids and fault placement")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument(
+        "--delay-applies-to",
+        choices=DELAY_SCOPES,
+        default="all",
+        help="delay every command line, also each line typed into the shell (all, the "
+        "default), or exports only, as a real device (export)",
+    )
     parser.add_argument(
         "--config-bytes", type=int, default=None, help="pad exports to about this size"
     )
@@ -73,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         faults=args.faults,
         config_bytes=args.config_bytes,
         delay=args.delay,
+        delay_applies_to=args.delay_applies_to,
         password=args.password,
     )
     stop = threading.Event()

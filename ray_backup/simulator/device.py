@@ -37,6 +37,11 @@ FAULTS = (
 )
 # Faults that change what an export command prints (other commands answer normally).
 OUTPUT_FAULTS = frozenset({"stall", "disconnect", "empty", "non_config", "garbage", "huge"})
+# What ``delay`` applies to: every command line ("all", also each line typed into the
+# shell, empty ones included), or only exports ("export", as a real device, which answers
+# prompts at once and takes its time building the export). Tools that type several lines
+# per backup (Netmiko's prompt probes) wait once per line under "all".
+DELAY_SCOPES = ("all", "export")
 
 # Rendered bodies up to this size are kept per device; bigger ones are rebuilt per
 # request so a fleet of large configurations does not hold them all twice.
@@ -59,7 +64,8 @@ class SimDevice:
     routeros_version: str = "7.16"
     capture: str | None = None  # None: chosen from routeros_version
     config_lines: Sequence[str] = dataclasses.field(default=(), repr=False)
-    delay: float = 0.0  # seconds before answering each command
+    delay: float = 0.0  # seconds before answering each command (see delay_applies_to)
+    delay_applies_to: str = "all"  # one of DELAY_SCOPES
     fault: str | None = None  # one of FAULTS
     host: str | None = None  # own loopback address; None: the simulator's
     port: int = 0  # 0: the OS (or the simulator's base_port) picks it
@@ -78,6 +84,10 @@ class SimDevice:
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r}; expected one of {FAULTS}")
+        if self.delay_applies_to not in DELAY_SCOPES:
+            raise ValueError(
+                f"unknown delay scope {self.delay_applies_to!r}; expected one of {DELAY_SCOPES}"
+            )
 
     # -- identity and keys -------------------------------------------------------
 

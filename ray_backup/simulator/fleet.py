@@ -33,13 +33,15 @@ def make_fleet(
     faults: Mapping[str, int] | None = None,
     config_bytes: int | None = None,
     delay: float = 0.0,
+    delay_applies_to: str = "all",
     password: str = DEFAULT_PASSWORD,
     username: str = "admin",
     name_prefix: str = "sim",
 ) -> list[SimDevice]:
     """``n`` devices with deterministic ids, names ``sim-0000``…, versions taken in
     turn from ``versions``, ``faults`` (kind → count) spread over random devices
-    (seeded), and exports padded to about ``config_bytes`` when given."""
+    (seeded), exports padded to about ``config_bytes`` when given, and ``delay``
+    seconds before every answer, or before exports only (``delay_applies_to="export"``)."""
     kinds = _fault_plan(n, faults or {}, random.Random(seed))
     devices = [
         SimDevice(
@@ -49,6 +51,7 @@ def make_fleet(
             password=password,
             routeros_version=versions[i % len(versions)],
             delay=delay,
+            delay_applies_to=delay_applies_to,
             fault=kinds.get(i),
         )
         for i in range(n)

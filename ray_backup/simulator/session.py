@@ -142,9 +142,11 @@ class Session:
 
     def _answer(self, channel: paramiko.Channel, command: str) -> bool:
         """Run one command; False when a fault left the channel unusable."""
-        if self.device.delay and self.stopping.wait(self.device.delay):
+        if self._wait("all"):
             return False
         reply = respond(self.device, command)
+        if reply.is_export and self._wait("export"):
+            return False
         self.count("commands")
         if reply.is_export:
             self.device.note_export()
@@ -154,6 +156,13 @@ class Session:
                 return self._fault(channel, fault, reply)
         self._send(channel, reply.data)
         return True
+
+    def _wait(self, scope: str) -> bool:
+        """Sleep the device's delay if it applies to ``scope``; True when stopping."""
+        device = self.device
+        return bool(device.delay) and device.delay_applies_to == scope and self.stopping.wait(
+            device.delay
+        )
 
     def _fault(self, channel: paramiko.Channel, fault: str, reply: Reply) -> bool:
         if fault == "empty":

@@ -1,8 +1,10 @@
 """Every benchmark script runs once in a tiny configuration and writes its results file.
 
-The benchmarks are scripts, not timed tests: this only keeps them working. The six
+The benchmarks are scripts, not timed tests: this only keeps them working. The eight
 run at the same time (each in its own process, with its own Ray), so the module costs
-about as long as the slowest one.
+about as long as the slowest one (sweep_vs_pool: a `ray start` head, then a CLI that starts
+its own Ray). They run with --allow-dirty (the suite runs from work trees); the refusal
+of a dirty tree is checked on its own, in a throwaway git repository.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(480)
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
@@ -28,6 +30,10 @@ TINY = {
     "reconcile": ["--rows", "20", "--devices-per-actor", "10", "--repeats", "1"],
     "placement": ["--per-device", "", "--packed", "12", "--devices-per-actor", "2"],
     "history_writers": ["--seconds", "3", "--warmup", "1", "--devices", "10", "--backlog", "200"],
+    "history_query": ["--versions", "5", "--repeats", "2", "--cli-repeats", "1",
+                      "--config-bytes", "5000"],
+    "sweep_vs_pool": ["--devices", "4", "--concurrency", "2", "--cold-concurrency", "2",
+                      "--delay", "0", "--config-bytes", "10000"],
 }
 
 EXPECTED_KEYS = {
@@ -37,12 +43,14 @@ EXPECTED_KEYS = {
     "reconcile": ("unchanged", "changed", "summary"),
     "placement": ("runs",),
     "history_writers": ("summary", "check", "per_second"),
+    "sweep_vs_pool": ("runs", "summary", "parameters"),
+    "history_query": ("results",),
 }
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, redis_url, kafka_bootstrap):
-    """All six scripts, started together; name -> (process, results path, log path)."""
+    """All eight scripts, started together; name -> (process, results path, log path)."""
     out = tmp_path_factory.mktemp("bench")
     procs = {}
     for name, args in TINY.items():
@@ -53,25 +61,31 @@ def launched(tmp_path_factory, redis_url, kafka_bootstrap):
         log = out / f"{name}.log"
         with open(log, "w") as sink:
             proc = subprocess.Popen(
-                [sys.executable, str(BENCH / f"{name}.py"), *args, *extra, "--output", str(results)],
+                [sys.executable, str(BENCH / f"{name}.py"), *args, *extra, "--output", str(results),
+                 "--allow-dirty"],
                 cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
             )
         procs[name] = (proc, results, log)
     yield procs
     for proc, _, _ in procs.values():
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+            proc.terminate()  # lets a script stop the fleet and the Ray it started
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_benchmark_runs_tiny_and_writes_its_json(launched, name):
     proc, results, log = launched[name]
     try:
-        code = proc.wait(timeout=200)
+        code = proc.wait(timeout=420)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"{name} still running after 200 s:\n{log.read_text()[-3000:]}")
+        proc.terminate()
+        proc.wait(60)
+        pytest.fail(f"{name} still running after 420 s:\n{log.read_text()[-3000:]}")
     assert code == 0, f"{name} exited {code}:\n{log.read_text()[-3000:]}"
     doc = json.loads(results.read_text())
     assert doc["benchmark"] == name
@@ -79,12 +93,78 @@ def test_benchmark_runs_tiny_and_writes_its_json(launched, name):
     for key in EXPECTED_KEYS[name]:
         assert key in doc, f"{name} results lack {key!r}"
     assert "| " in log.read_text(), "the script printed no results table"
+    # Every results file and table names the commit and whether the tree was clean.
+    assert doc["git_commit"] and isinstance(doc["git_clean"], bool)
+    assert doc["publishable"] is doc["git_clean"]
+    assert f"commit {doc['git_commit']}, " in log.read_text()
 
 
 def test_help_of_every_script_names_its_options():
     for script in sorted(BENCH.glob("*.py")):
-        if script.name == "benchlib.py":
-            continue
         out = subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True,
                              text=True, timeout=60, check=False)
         assert out.returncode == 0 and "usage:" in out.stdout, (script.name, out.stderr[-2000:])
+
+
+# --- the refusal of a dirty tree -------------------------------------------------------------
+
+
+@pytest.fixture
+def provenance(tmp_path, monkeypatch):
+    """benchlib.provenance looking at a throwaway git repository with its own ray_backup."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from benchlib import provenance as module
+    finally:
+        sys.path.remove(str(BENCH))
+    repo = tmp_path / "repo"
+    (repo / "ray_backup").mkdir(parents=True)
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "ray_backup" / "__init__.py").write_text("")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-qm", "one")
+    monkeypatch.setattr(module, "REPO", repo)
+    monkeypatch.setattr(module, "_package_dir", lambda: repo / "ray_backup")
+    monkeypatch.setattr(module, "_at_start", None)
+    return module, repo
+
+
+def test_a_clean_tree_is_recorded_with_its_commit(provenance):
+    module, repo = provenance
+    (repo / "benchmarks" / "results" / "x.json").write_text("{}")  # a run's own output
+    state = module.require_clean(allow_dirty=False)
+    assert state["git_clean"] and len(state["git_commit_full"]) == 40
+    assert module.record()["publishable"] is True
+    assert module.line(module.record()) == f"commit {state['git_commit']}, clean tree"
+
+
+def test_a_dirty_tree_is_refused_unless_allowed_and_then_not_publishable(provenance, capsys):
+    module, repo = provenance
+    (repo / "ray_backup" / "__init__.py").write_text("CHANGED = 1\n")
+    with pytest.raises(SystemExit, match="uncommitted changes .*ray_backup/__init__.py"):
+        module.require_clean(allow_dirty=False)
+    module.require_clean(allow_dirty=True)
+    assert "NOT publishable" in capsys.readouterr().err
+    doc = module.record()
+    assert doc["git_clean"] is False and doc["publishable"] is False
+    assert doc["uncommitted_files"] == ["ray_backup/__init__.py"]
+    assert "not publishable" in module.line(doc)
+
+
+def test_another_trees_ray_backup_is_refused(provenance, monkeypatch, tmp_path):
+    module, _ = provenance
+    monkeypatch.setattr(module, "_package_dir", lambda: tmp_path / "elsewhere" / "ray_backup")
+    with pytest.raises(SystemExit, match="ray_backup is imported from .*elsewhere"):
+        module.require_clean(allow_dirty=False)
+
+
+def test_a_tree_that_changes_during_the_run_is_not_publishable(provenance):
+    module, repo = provenance
+    module.require_clean(allow_dirty=False)
+    (repo / "new.py").write_text("")
+    assert module.record()["publishable"] is False

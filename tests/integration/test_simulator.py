@@ -35,6 +35,7 @@ ISO_HEADER = re.compile(rb"\A# (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) by RouterOS (\S+
 V6_HEADER = re.compile(rb"\A# ([a-z]{3})/(\d\d)/(\d{4}) (\d\d:\d\d:\d\d) by RouterOS (\S+)\r\n")
 CAPTURE_VERSIONS = {load_capture(name).version: name for name in available_captures()}
 CLIENT_KEY = paramiko.ECDSAKey.generate()
+EXPORT_DELAY = 2.0
 
 
 def _device(name: str, **kw: object) -> SimDevice:
@@ -52,6 +53,8 @@ DEVICES = {
     "settable": _device("Settable", routeros_version="6.49.10"),
     "rotating": _device("Rotating"),
     "slow": _device("Slow", delay=0.3),
+    # Long enough that an undelayed answer cannot reach it even on a loaded machine.
+    "slow_export": _device("SlowExport", delay=EXPORT_DELAY, delay_applies_to="export"),
     "pubkey": _device(
         "Keyed", authorized_key=f"{CLIENT_KEY.get_name()} {CLIENT_KEY.get_base64()} test@sim"
     ),
@@ -331,6 +334,56 @@ def test_delay_before_each_answer(sim):
         assert time.monotonic() - started >= 0.3
     finally:
         client.close()
+
+
+def timed(client: paramiko.SSHClient, command: str) -> tuple[bytes, float]:
+    started = time.monotonic()
+    _, stdout, _ = client.exec_command(command)
+    return stdout.read(), time.monotonic() - started
+
+
+def test_delay_applied_to_exports_only(sim):
+    client = connect(DEVICES["slow_export"])
+    try:
+        answer, fast = timed(client, "/system identity print")
+        assert answer == b"  name: SlowExport\r\n" and fast < EXPORT_DELAY
+        export, slow = timed(client, "/export show-sensitive")
+        assert b"by RouterOS 7.16\r\n" in export and slow >= EXPORT_DELAY
+    finally:
+        client.close()
+
+
+def test_delay_for_exports_only_answers_typed_lines_at_once(sim):
+    """What Netmiko does in the shell: empty lines and prompt probes, then the export."""
+    client = connect(DEVICES["slow_export"])
+    try:
+        shell = client.invoke_shell()
+        prompt = b"[admin@SlowExport] > "
+        read_until(shell, prompt)
+        started = time.monotonic()
+        for _ in range(3):
+            shell.send(b"\r\n")
+            assert read_until(shell, prompt).endswith(prompt)
+        assert time.monotonic() - started < EXPORT_DELAY
+        shell.send(b"/export\r\n")
+        export = read_until(shell, b"\r\n" + prompt, timeout=EXPORT_DELAY + 5)
+        assert b"by RouterOS 7.16\r\n" in export
+        assert time.monotonic() - started >= EXPORT_DELAY
+    finally:
+        client.close()
+
+
+def test_delay_scope_is_checked_and_reaches_the_fleet_and_command_line():
+    with pytest.raises(ValueError, match="delay scope"):
+        SimDevice(delay=1, delay_applies_to="every-other-line")
+    fleet = make_fleet(2, delay=0.5, delay_applies_to="export")
+    assert [(d.delay, d.delay_applies_to) for d in fleet] == [(0.5, "export")] * 2
+    assert make_fleet(1, delay=0.5)[0].delay_applies_to == "all"  # the old behaviour by default
+    from ray_backup.simulator.__main__ import parse_args
+
+    args = parse_args(["--devices", "1", "--delay", "0.5", "--delay-applies-to", "export"])
+    assert args.delay_applies_to == "export"
+    assert parse_args(["--devices", "1"]).delay_applies_to == "all"
 
 
 # -- faults ---------------------------------------------------------------------------------

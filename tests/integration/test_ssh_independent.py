@@ -296,3 +296,45 @@ def test_a_replaced_key_next_to_a_new_one_is_still_a_mismatch(server, backup, tm
     assert result.error_kind == errors.HOST_KEY_MISMATCH, result
     assert "nor any of its other host keys: ssh-rsa" in result.error
     assert srv.password_attempts == 1  # only the first, trusting backup logged in
+
+
+# --- as a benchmark fleet: padded, delayed exports; servers sharing one event loop ----------
+
+
+def test_padded_delayed_exports_from_servers_sharing_one_loop(backup, tmp_path):
+    import asyncio
+    import threading
+    import time
+
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    servers = [IndependentSSHServer(MODERN, export_bytes=45_000, export_delay=0.5, loop=loop).start()
+               for _ in range(2)]
+    try:
+        assert len({s.port for s in servers}) == 2
+        for srv in servers:
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            client.connect("127.0.0.1", srv.port, "admin", "secret", look_for_keys=False,
+                           allow_agent=False, timeout=10)
+            try:
+                started = time.monotonic()
+                _, stdout, _ = client.exec_command("/export show-sensitive")
+                export = stdout.read()
+                assert time.monotonic() - started >= 0.5
+                _, stdout, _ = client.exec_command("/system resource print")
+                assert b"version: 7.16" in stdout.read()
+            finally:
+                client.close()
+            assert 45_000 <= len(export) < 46_000 and export.endswith(b"\r\n")
+            assert b"\r\n/ip firewall address-list\r\n" in export
+        # The padded export is a configuration ray-backup takes as it is.
+        result, _ = backup(inventory_for(tmp_path, servers[0]))
+        assert result.ok, result
+    finally:
+        for srv in servers:
+            srv.stop()
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()

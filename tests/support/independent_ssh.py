@@ -7,12 +7,17 @@ set, and an ed25519 host key) and ``ROUTEROS6`` (an RSA host key signed with ``s
 only, ``diffie-hellman-group14-sha1``, as RouterOS 6 offers). It answers the commands
 the collector sends from a real capture (the simulator's copies of
 /work/shared/data/routeros), re-dated to RouterOS 6 syntax for the legacy profile.
+
+For benchmarks, an export can be padded to ``export_bytes`` and answered after
+``export_delay`` seconds, and many servers can share one event loop (``loop``, run by
+the caller) so that a fleet of them is one thread, not one per device.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 from typing import Any
@@ -65,6 +70,9 @@ class IndependentSSHServer:
         password: str | None = "secret",
         authorized_keys: str | None = None,
         algorithms: dict[str, list[str]] | None = None,
+        export_delay: float = 0.0,
+        export_bytes: int | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.profile = profile
         self.host_keys = host_keys or [asyncssh.generate_private_key(t) for t in profile.host_key_types]
@@ -72,6 +80,8 @@ class IndependentSSHServer:
         self.password = password
         self.authorized_keys = authorized_keys
         self.algorithms = profile.algorithms if algorithms is None else algorithms
+        self.export_delay = export_delay
+        self.export_bytes = export_bytes
         self.ending = "exit"
         self.exit_status = 0
         self.port = 0
@@ -80,7 +90,9 @@ class IndependentSSHServer:
         self.auth_failures = 0
         self.commands: list[str] = []
         self.negotiated: list[dict[str, str]] = []  # the server's view, per session
-        self._loop = asyncio.new_event_loop()
+        # A loop of our own in our own thread, unless the caller shares (and runs) one.
+        self._own_loop = loop is None
+        self._loop = loop or asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"asyncssh-{profile.name}")
         self._acceptor: Any = None
@@ -92,7 +104,8 @@ class IndependentSSHServer:
         self.stop()
 
     def start(self) -> IndependentSSHServer:
-        self._thread.start()
+        if self._own_loop:
+            self._thread.start()
         self._acceptor = self._call(self._listen())
         self.port = self._acceptor.get_port()
         return self
@@ -104,6 +117,10 @@ class IndependentSSHServer:
         self._acceptor = self._call(self._listen())
 
     def stop(self) -> None:
+        if not self._own_loop:
+            if self._loop.is_running():
+                self._call(self._close())
+            return
         if self._thread.is_alive():
             self._call(self._close())
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -141,8 +158,13 @@ class IndependentSSHServer:
         self.negotiated.append({k: conn.get_extra_info(k) for k in ("recv_cipher", "recv_mac")})
         command = process.command or ""
         self.commands.append(command)
-        text = reply(self.profile.version, command).replace("\n", "\r\n")
         exporting = command.startswith("/export")
+        text = reply(self.profile.version, command)
+        if exporting and self.export_bytes:
+            text = padded(text, self.export_bytes)
+        text = text.replace("\n", "\r\n")
+        if exporting and self.export_delay:
+            await asyncio.sleep(self.export_delay)  # a device builds its export
         if exporting and self.ending == "drop":
             process.stdout.write(text[: len(text) // 2])
             await process.stdout.drain()
@@ -191,3 +213,17 @@ def reply(version: str, command: str) -> str:
     if v6 and command == "/export show-sensitive":
         return "expected end of command (line 1 column 9)\n"
     return f"bad command name {command.lstrip('/').split(' ')[0]} (line 1 column 2)\n"
+
+
+@functools.lru_cache(maxsize=8)
+def padded(export: str, size: int) -> str:
+    """``export`` grown to about ``size`` bytes (CRLF) with firewall address-list entries."""
+    lines = [export.rstrip("\n"), "/ip firewall address-list"]
+    total = sum(len(line) + 2 for line in export.split("\n")) + len(lines[1]) + 2
+    i = 0
+    while total < size:
+        line = f"add address=10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255} list=pad-{i // 256}"
+        lines.append(line)
+        total += len(line) + 2
+        i += 1
+    return "\n".join(lines) + "\n"
