@@ -38,10 +38,20 @@ _DELETE = None  # a pending write that deletes the state
 _NOTHING = object()
 
 
-def client(url: str, socket_timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
-    """A client that fails fast: short timeouts, text replies."""
-    return redis.Redis.from_url(
+# Connections one process keeps to Redis, whatever the number of devices it runs: its
+# threads wait (at most a socket timeout) for a free one. Redis answers in well under a
+# millisecond, so two serve a packed actor's loops; with the few actor processes per
+# node that ``placement.auto_layout`` allows, a node stays within its budget (issue 11).
+CONNECTIONS_PER_PROCESS = 2
+
+
+def client(url: str, socket_timeout: float = SOCKET_TIMEOUT_S,
+           max_connections: int = CONNECTIONS_PER_PROCESS) -> redis.Redis:
+    """A client that fails fast (short timeouts, text replies), on a capped pool."""
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=socket_timeout,  # waiting for a free connection counts as a slow Redis
         socket_connect_timeout=socket_timeout,
         socket_timeout=socket_timeout,
         # One immediate retry on a connection error reconnects a pooled connection
@@ -51,6 +61,9 @@ def client(url: str, socket_timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
         health_check_interval=0,
         decode_responses=True,
     )
+    redis_client = redis.Redis(connection_pool=pool)
+    redis_client.auto_close_connection_pool = True
+    return redis_client
 
 
 class RedisLock(LockBase):
