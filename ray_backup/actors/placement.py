@@ -15,7 +15,7 @@ ACTOR_PROCESS_BYTES = 120 * 1024 * 1024
 ACTOR_USS_BYTES = 70 * 1024 * 1024
 ACTOR_START_S = 0.9
 # Connections from one node to each server stay <= CONNECTIONS_PER_NODE (issue 11). A
-# device actor process holds at most 2 Redis connections (a capped pool), 1 to Kafka (its
+# device actor process holds at most 3 Redis connections (a capped pool), 1 to Kafka (its
 # producer) and 1 to PostgreSQL at a time (host keys), whatever the number of devices it
 # runs. What else may sit on a node, measured (benchmarks/connections.py): the semaphore
 # (1 Redis), the supervisor (1 PostgreSQL) and two history writers (3 Kafka, 1

@@ -39,10 +39,14 @@ _NOTHING = object()
 
 
 # Connections one process keeps to Redis, whatever the number of devices it runs: its
-# threads wait (at most a socket timeout) for a free one. Redis answers in well under a
-# millisecond, so two serve a packed actor's loops; with the few actor processes per
-# node that ``placement.auto_layout`` allows, a node stays within its budget (issue 11).
-CONNECTIONS_PER_PROCESS = 2
+# threads wait for a free one. Redis answers in well under a millisecond, so a few serve
+# a packed actor's loops; with the few actor processes per node that
+# ``placement.auto_layout`` allows, a node stays within its budget (issue 11).
+CONNECTIONS_PER_PROCESS = 3
+# How long a thread waits for a free connection before the call counts as a Redis
+# failure: longer than a socket timeout, since on a busy node (hundreds of loops starting
+# at once, a loaded CPU) a queue of sub-millisecond calls is not an outage.
+POOL_WAIT_S = 10.0
 
 
 def client(url: str, socket_timeout: float = SOCKET_TIMEOUT_S,
@@ -51,7 +55,7 @@ def client(url: str, socket_timeout: float = SOCKET_TIMEOUT_S,
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=socket_timeout,  # waiting for a free connection counts as a slow Redis
+        timeout=max(socket_timeout, POOL_WAIT_S),
         socket_connect_timeout=socket_timeout,
         socket_timeout=socket_timeout,
         # One immediate retry on a connection error reconnects a pooled connection
