@@ -1,6 +1,6 @@
 """Every benchmark script runs once in a tiny configuration and writes its results file.
 
-The benchmarks are scripts, not timed tests: this only keeps them working. The eight
+The benchmarks are scripts, not timed tests: this only keeps them working. The nine
 run at the same time (each in its own process, with its own Ray), so the module costs
 about as long as the slowest one (sweep_vs_pool: a `ray start` head, then a CLI that starts
 its own Ray). They run with --allow-dirty (the suite runs from work trees); the refusal
@@ -34,6 +34,7 @@ TINY = {
                       "--config-bytes", "5000"],
     "sweep_vs_pool": ["--devices", "4", "--concurrency", "2", "--cold-concurrency", "2",
                       "--delay", "0", "--config-bytes", "10000"],
+    "connections": ["--devices", "6", "--seconds", "2", "--jitter", "1", "--delay", "0"],
 }
 
 EXPECTED_KEYS = {
@@ -45,18 +46,21 @@ EXPECTED_KEYS = {
     "history_writers": ("summary", "check", "per_second"),
     "sweep_vs_pool": ("runs", "summary", "parameters"),
     "history_query": ("results",),
+    "connections": ("runs", "parameters"),
 }
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, redis_url, kafka_bootstrap):
-    """All eight scripts, started together; name -> (process, results path, log path)."""
+    """All nine scripts, started together; name -> (process, results path, log path)."""
     out = tmp_path_factory.mktemp("bench")
     procs = {}
     for name, args in TINY.items():
         extra = []
         if name == "overhead":
             extra = ["--redis-url", redis_url, "--kafka-bootstrap", kafka_bootstrap]
+        elif name == "connections":
+            extra = ["--redis-url", redis_url]
         results = out / f"{name}.json"
         log = out / f"{name}.log"
         with open(log, "w") as sink:

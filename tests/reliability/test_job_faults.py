@@ -131,8 +131,10 @@ def test_postgres_outage_keeps_the_fleet_and_reconcile_resumes(
     init_db(url)
     first, second, late = sim.devices
     add_devices(url, new_devices([first, second]), KEY)
+    # One actor each (auto would pack the third device into one of the first two): the
+    # test tells the actors that kept running from the one added afterwards.
     env = env_for(tmp_path, DATABASE_URL=url, CREDENTIAL_ENCRYPTION_KEY=KEY, REDIS_URL=redis_url,
-                  RAY_BACKUP_REDIS_PREFIX=redis_prefix)
+                  RAY_BACKUP_REDIS_PREFIX=redis_prefix, RAY_BACKUP_DEVICES_PER_ACTOR=1)
     supervisor = start_job(env)
     ids = [first.id, second.id]
     wait_for(lambda: all((status(supervisor).get(i) or {}).get("last_success_at") for i in ids),
