@@ -10,10 +10,10 @@ from dataclasses import dataclass
 # A device actor's worker process with ray, paramiko and the clients imported
 # (measured about 110 MB resident on Python 3.11, Ray 2.60).
 ACTOR_PROCESS_BYTES = 120 * 1024 * 1024
-# Measured (benchmarks/README.md, "Light job"): a device actor process holds about
-# 70 MiB alone (USS) and takes about 0.9 s to start on a loaded 2-core node.
+# Measured (benchmarks/README.md, section 3b): a device actor process holds about
+# 70 MiB alone (USS, 119 MiB RSS) and takes 1.5-2.3 s to start on this loaded 2-core node.
 ACTOR_USS_BYTES = 70 * 1024 * 1024
-ACTOR_START_S = 0.9
+ACTOR_START_S = 2.0
 # Connections from one node to each server stay <= CONNECTIONS_PER_NODE (issue 11). A
 # device actor process holds at most 3 Redis connections (a capped pool), 1 to Kafka (its
 # producer) and 1 to PostgreSQL at a time (host keys), whatever the number of devices it
