@@ -43,9 +43,10 @@ import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 
 from ray_backup import constants as C
+from ray_backup.history.metrics import HistoryCollector, writer_stats, writers_expected
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +165,11 @@ class FleetMetrics:
         ray_metrics = _RayMetrics.create(export_to_ray)
         # First in the registry: a scrape folds the writers' new change events into
         # config_changes before that counter is read.
-        self.history = HistoryCollector(_default_history_stats(history_stats, ray_metrics),
-                                        lambda n: self.changes.inc(n),
-                                        writers_expected=ray_metrics is not None and _writers_expected())
+        in_ray = ray_metrics is not None  # only there are writer actors to ask
+        self.history = HistoryCollector(
+            history_stats or (writer_stats if in_ray else list), lambda n: self.changes.inc(n),
+            writers_expected=in_ray and writers_expected(),
+        )
         self.registry.register(self.history)
         self.backups = _Counter(
             C.METRIC_BACKUP_TOTAL, "Config backup attempts by outcome", self.registry, ray_metrics,
@@ -246,73 +249,6 @@ class _TableCollector:
         yield GaugeMetricFamily(C.METRIC_SEMAPHORE_HELD, "SSH permits held now", value=g.active)
         yield GaugeMetricFamily(C.METRIC_SEMAPHORE_WAITERS, "Backups waiting for an SSH permit",
                                 value=g.waiters)
-
-
-class HistoryCollector:
-    """The history writers' series, from their ``stats()`` at scrape time.
-
-    Their change events go into ``config_changes`` (``count_changes``) as the
-    growth of each writer's count since the last scrape (a restarted writer counts
-    from 0 again). Where writers run (``writers_expected``, or once one was seen),
-    device rows no longer count changes: the writers publish the change events."""
-
-    def __init__(self, stats: Callable[[], list[dict]], count_changes: Callable[[int], None],
-                 writers_expected: bool = False):
-        self._stats = stats
-        self._count_changes = count_changes
-        self._changes_seen: dict[str, int] = {}
-        self.writers_seen = writers_expected
-        self._lock = threading.Lock()
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        writers = self._stats()
-        # Served without writers too (lag 0): dashboards show flat lines, not gaps.
-        self.writers_seen = self.writers_seen or bool(writers)
-        self._fold_changes(writers)
-        lags = [w["lag"] for w in writers if w.get("lag") is not None]
-        yield GaugeMetricFamily(C.METRIC_HISTORY_WRITER_LAG,
-                                "Snapshots the history writers are behind the topic's end",
-                                value=sum(lags))
-        for name, key, help_text in (
-            (C.METRIC_HISTORY_STALE, "stale", "Snapshots older than the device's newest version"),
-            (C.METRIC_HISTORY_DUPLICATES, "duplicate", "Snapshots already in history"),
-            (C.METRIC_HISTORY_POISON, "poison", "Unreadable snapshot events skipped"),
-        ):
-            yield CounterMetricFamily(_base_name(name), help_text,
-                                      value=sum(w.get(key, 0) for w in writers))
-
-    def _fold_changes(self, writers: list[dict]) -> None:
-        with self._lock:
-            for writer in writers:
-                now, before = writer.get("changes", 0), self._changes_seen.get(writer["name"], 0)
-                self._changes_seen[writer["name"]] = now
-                grown = now - before if now >= before else now  # restarted: counts from 0
-                if grown:
-                    self._count_changes(grown)
-
-
-def _writers_expected() -> bool:
-    """Whether this job's settings start history writers (then they count change events)."""
-    from ray_backup.history.writers import writer_count
-    from ray_backup.settings import Settings
-
-    try:
-        return writer_count(Settings.load()) > 0
-    except Exception:  # bad settings are reported elsewhere; count from the rows meanwhile
-        return False
-
-
-def _default_history_stats(stats, ray_metrics) -> Callable[[], list[dict]]:
-    if stats is not None:
-        return stats
-    if ray_metrics is None:  # not inside Ray: no writer actors to ask
-        return list
-    from ray_backup.history import writers
-
-    return writers.stats
 
 
 # -- Ray's metrics -----------------------------------------------------------------------

@@ -15,8 +15,6 @@ from typing import Literal, Protocol
 from ray_backup.errors import PUBLISH_FAILED, RayBackupError
 from ray_backup.snapshot import Snapshot
 
-CHANGES_TOPIC = "config.changes"
-
 
 class HistoryLookupError(RayBackupError, LookupError):
     """A device or snapshot reference that matches nothing, or more than one thing."""

@@ -34,7 +34,7 @@ def test_mixed_fleet_is_backed_up_and_each_fault_classified(sim_fleet, tmp_path)
     rows.append({"id": "not-a-uuid", "host": "127.0.0.1", "port": 22, "username": "a", "password": "b"})
     inventory.write_text(yaml.safe_dump({"devices": rows}))
     env = {**os.environ, "CONFIG_BACKUP_COMMAND_TIMEOUT": "4", "CONFIG_BACKUP_CONNECT_TIMEOUT": "3",
-           "CONFIG_BACKUP_MAX_OUTPUT_BYTES": str(4 * 1024 * 1024), "RAY_ADDRESS": "",
+           "CONFIG_BACKUP_MAX_OUTPUT_BYTES": str(4 * 1024 * 1024), "RAY_ADDRESS": "local",
            "CONFIG_BACKUP_MAX_CONCURRENT": "3"}
     env.pop("REDIS_URL", None)
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)

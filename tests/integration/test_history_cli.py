@@ -30,7 +30,7 @@ def cli_env() -> dict[str, str]:
            if k not in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "RAY_BACKUP_CONFIG",
                         "RAY_BACKUP_INVENTORY", "CREDENTIAL_ENCRYPTION_KEY", "OPENBAO_ADDR",
                         "OPENBAO_TOKEN", "NO_COLOR")}
-    return {**env, "RAY_ADDRESS": "", "CONFIG_BACKUP_COMMAND_TIMEOUT": "60",
+    return {**env, "RAY_ADDRESS": "local", "CONFIG_BACKUP_COMMAND_TIMEOUT": "60",
             "CONFIG_BACKUP_CONNECT_TIMEOUT": "30"}  # a loaded CI machine: slow, not failed
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import uuid
 
 import pytest
@@ -17,7 +15,7 @@ from ray_backup.history import open_history
 from ray_backup.history import writers as history_writers
 from ray_backup.settings import Settings
 from ray_backup.simulator import Simulator, make_fleet, write_inventory_yaml
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import own_local_ray, wait_for
 from tests.support.services import consume_all
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,15 +23,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def local_ray():
-    assert not ray.is_initialized()
-    ray_tmp = tempfile.mkdtemp(prefix="rbh")  # short: unix socket paths live under it
-    ray.init(address="local", namespace=C.NAMESPACE, num_cpus=1, include_dashboard=False,
-             object_store_memory=80 * 1024**2, _temp_dir=ray_tmp)
-    try:
+    with own_local_ray("rbh"):
         yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture

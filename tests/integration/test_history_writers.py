@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from ray_backup.actors.history_writer import HistoryWriter
+from ray_backup.errors import PublishFailed
 from ray_backup.history import open_history
 from ray_backup.inventory.schema import init_db
 from ray_backup.settings import Settings
@@ -206,3 +207,38 @@ def test_a_database_outage_holds_the_offset_and_loses_or_doubles_nothing(
     assert writer.stats()["duplicate"] == 0 and writer.stats()["changes"] == 1
     failing = [r for r in caplog.records if "history store failing" in r.getMessage()]
     assert len(failing) == 1  # once per outage, not once per retry
+
+
+class FlakyChanges:
+    """A change sink whose first ``failures`` publications fail (a changes topic outage)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.events: list = []
+
+    def publish_change(self, change) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise PublishFailed(f"device {change.device_id}: change event not published (test)")
+        self.events.append(change)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_change_event_that_fails_is_retried_with_its_message_not_lost(
+        history_settings, texts):
+    settings = history_settings()
+    first, second = snapshot(texts[0], at(0)), snapshot(texts[1], at(1))
+    produce(settings, events([first, second]))
+    changes = FlakyChanges(failures=2)
+    writer = HistoryWriter("history-writer-flaky", settings, changes=changes)
+    try:
+        wait_for(lambda: writer.stats()["changes"] == 1, 30, "the change event out at last")
+        assert [(e.old_sha256_hash, e.new_sha256_hash) for e in changes.events] == [
+            (first.sha256_hash, second.sha256_hash)]
+        # Stored once; the retries published the kept event instead of storing again.
+        assert (writer.stats()["new"], writer.stats()["duplicate"]) == (2, 0)
+        wait_for(lambda: committed(settings) == [2], 10, "both offsets committed")
+    finally:
+        writer.stop(15)

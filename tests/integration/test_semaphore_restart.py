@@ -6,30 +6,21 @@ A local Ray of its own (2 CPUs, 100 MB object store), shut down after the module
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import pytest
 import ray
 
 from ray_backup import constants as C
 from ray_backup.actors import options
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import own_local_ray, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    assert not ray.is_initialized()
-    ray_tmp = tempfile.mkdtemp(prefix="rbs")  # short: unix socket paths live under it
-    ray.init(address="local", namespace=C.NAMESPACE, num_cpus=2, include_dashboard=False,
-             object_store_memory=100 * 1024**2, _temp_dir=ray_tmp)
-    try:
+    with own_local_ray("rbs"):
         yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture
