@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backlog", type=int, default=2000, help="snapshots kept ahead of the writers")
     p.add_argument("--ray-cpus", type=int, default=2)
     p.add_argument("--output", help="results file (default benchmarks/results/history_writers.json)")
+    bl.provenance.add_argument(p)
     return p.parse_args(argv)
 
 
@@ -235,6 +236,7 @@ def table(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    bl.provenance.require_clean(args.allow_dirty)
     doc = run(args)
     doc["parameters"] = {"seconds": args.seconds, "warmup": args.warmup, "devices": args.devices,
                          "writers": args.writers, "partitions": args.partitions,
