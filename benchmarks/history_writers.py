@@ -246,9 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                       "goal_met": bool(doc["rate"] and doc["rate"] >= GOAL_RATE
                                        and doc["window_s"] >= GOAL_SECONDS
                                        and doc["check"]["consistent"])}
-    path = bl.save("history_writers", doc, args.output)
-    print(table(doc))
-    print(f"results in {path}")
+    bl.publish("history_writers", doc, args.output, table)
     return 0
 
 

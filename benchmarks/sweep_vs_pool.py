@@ -197,11 +197,7 @@ def table(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-
     args = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the fleet and the Ray head this run started stop too.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     bl.provenance.require_clean(args.allow_dirty)
     runs = compare(args)
     doc = {"runs": runs, "summary": summarize(runs, args),

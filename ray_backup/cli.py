@@ -199,10 +199,12 @@ def _supervisor_if_running():
     address = os.environ.get("RAY_ADDRESS") or "auto"
     if address == "local":
         return None
+    if address != "auto":
+        job.token_auth_by_default()  # a token-auth cluster, as job.connect joins it
     try:
         ray.init(address=address, namespace=C.NAMESPACE, log_to_driver=False,
                  logging_level=logging.ERROR)
-    except (ConnectionError, RuntimeError, ValueError):
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError):
         return None
     return job.running_supervisor()
 

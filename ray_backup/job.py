@@ -89,16 +89,62 @@ def working_dir_problem(settings: Settings, copy: str | None) -> str | None:
 
 
 def connect(address: str | None = None, **local_options) -> None:
-    """Join the cluster at RAY_ADDRESS (or ``address``); start a local Ray when there is none."""
+    """Join the cluster at RAY_ADDRESS (or ``address``); start a local Ray when there is none.
+
+    A cluster with Ray's token authentication is joined with the token Ray finds
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); a refused token is one
+    ConfigError line, not a traceback.
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address != "local":
-        ray.init(address=address, namespace=C.NAMESPACE, log_to_driver=True)
+        token_auth_by_default()
+        try:
+            ray.init(address=address, namespace=C.NAMESPACE, log_to_driver=True)
+        except Exception as exc:
+            if not _refused_for_auth(exc):
+                raise
+            from ray_backup.errors import ConfigError
+
+            raise ConfigError(
+                f"Ray cluster at {address} refused this client's authentication "
+                f"(RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')}): set RAY_AUTH_MODE=token "
+                "and the cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN "
+                "(`ray get-auth-token` on the head node prints it)"
+            ) from None
     else:
         # None joins a Ray already running on this machine; "local" always starts one.
         local_options.setdefault("include_dashboard", True)
         ray.init(address=address, namespace=C.NAMESPACE, **local_options)
+
+
+def token_auth_by_default() -> None:
+    """Use token mode for an explicit cluster address when no mode is set and a token exists.
+
+    Ray >= 2.59 starts `ray start --head` clusters with token authentication when a token
+    exists, but only enables it on the client side for a cluster it finds itself
+    (address "auto"); with RAY_ADDRESS set every client would need RAY_AUTH_MODE=token.
+    Ray's own helper looks for the token as Ray does and leaves an explicit mode alone.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _refused_for_auth(exc: BaseException) -> bool:
+    """Whether ray.init failed because the cluster refused (or required) a token."""
+    from ray.exceptions import AuthenticationError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        if isinstance(seen, AuthenticationError) or "InvalidAuthToken" in text or "Unauthenticated" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # Outside service mode the driver beats this often, and the supervisor stops the

@@ -172,7 +172,7 @@ class DeviceLoop:
             # A block belongs to the row the backup ran with; a row that changed meanwhile
             # (rotated credentials, reset host key) is tried at once, not blocked.
             sm.record_result(self.state, result, attempted, now)
-            self._schedule_next(due, now, manual)
+            self._schedule_next(due, now - (result.duration_s or 0.0), now, manual)
             if sm.unblock_if_changed(self.state, self.device):
                 log.info("device %s: credentials or host key changed during the backup; "
                          "retrying with them", self.device.id)
@@ -201,12 +201,13 @@ class DeviceLoop:
         self._log_result(result)
         return result, learned
 
-    def _schedule_next(self, due: float | None, now: float, manual: bool) -> None:
+    def _schedule_next(self, due: float | None, began: float, now: float, manual: bool) -> None:
+        """``began``: when the backup's SSH session began (after its permit and lock)."""
         interval = self.deps.schedule.interval
         if manual and due is not None and due > now:
             nxt = due  # an operator's extra backup leaves the schedule as it was
         else:
-            nxt = next_due_after(due if due is not None else now, now, interval)
+            nxt = next_due_after(due if due is not None else now, began, now, interval)
         if self.state.backoff_until > now:
             # Retry when the backoff ends, not a whole interval later.
             nxt = min(nxt, self.state.backoff_until)
@@ -267,10 +268,19 @@ class DeviceLoop:
         }
 
 
-def next_due_after(due: float, now: float, interval: float) -> float:
+# A session that began later than this share of the interval after its due time (it waited
+# for an SSH permit in a start-up rush, or the loop fell behind) moves the schedule with it.
+LATE_SHARE = 0.05
+
+
+def next_due_after(due: float, began: float, now: float, interval: float) -> float:
     """One interval after the previous due time, so backups do not drift by their own
-    duration; a loop that fell behind (a long outage) skips to the next due time in the
-    future instead of firing a burst of catch-up backups."""
+    duration or by small delays. A session that began late (waiting for a permit in a
+    start-up rush, a long outage) is followed one whole interval after it began: keeping
+    the old grid would squeeze the next backup closer than the interval, or fire a
+    burst of catch-up backups."""
+    if began - due > LATE_SHARE * interval:
+        return max(began + interval, now)
     nxt = due + interval
     if nxt <= now:
         nxt += (math.floor((now - nxt) / interval) + 1) * interval

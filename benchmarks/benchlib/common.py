@@ -40,3 +40,11 @@ def scratch(prefix: str) -> str:
 
 def int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def unwind_on_sigterm() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so that a stopped run still stops the fleet, the
+    servers and the Ray it started (their context managers run)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchlib.common import HERE, REPO
+from benchlib.common import HERE, REPO, unwind_on_sigterm
 
 # What the runs themselves write: results, not code, so they do not make a tree dirty
 # (otherwise the second script of a session would refuse to run after the first).
@@ -61,8 +61,10 @@ def state() -> dict[str, Any]:
 
 def require_clean(allow_dirty: bool) -> dict[str, Any]:
     """Refuse to measure from a dirty tree (or with another tree's ``ray_backup``) unless
-    ``allow_dirty``; remember the state at start for ``record``."""
+    ``allow_dirty``; remember the state at start for ``record``. Called first thing by each
+    script's parent process, which from then on also unwinds on SIGTERM."""
     global _at_start
+    unwind_on_sigterm()
     _at_start = now = state()
     problems = _problems(now)
     if problems and not allow_dirty:

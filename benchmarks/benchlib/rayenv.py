@@ -16,17 +16,19 @@ from typing import Any
 
 import psutil
 
-from benchlib.common import RAY_TEMP_DIR, SERVICE_ENV, clean_env, scratch
+from benchlib.common import RAY_TEMP_DIR, SERVICE_ENV, clean_env, scratch, unwind_on_sigterm
 from benchlib.fleets import write_inventory
 
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int = 2, **options: Any) -> Iterator[None]:
-    """A private local Ray instance for this process; shut down and checked on exit."""
+    """A private local Ray instance for this process; shut down and checked on exit (also
+    when the process is stopped with SIGTERM)."""
     import ray
 
     from ray_backup import constants as C
 
+    unwind_on_sigterm()
     for name in SERVICE_ENV:
         if name == "RAY_ADDRESS":
             os.environ.pop(name, None)
@@ -76,15 +78,26 @@ def run_child(argv: Sequence[str], timeout: float, env: dict[str, str] | None = 
     """Run ``python <argv>``; its last stdout line starting ``RESULT `` is its JSON answer."""
     # Not run from the checkout: Ray puts the driver's working directory first on its
     # workers' path, which would hide a PYTHONPATH copy of ray_backup under test.
-    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True,
-                          cwd=tempfile.gettempdir(), env=env or clean_env(), timeout=timeout,
-                          check=False)
-    for line in reversed(proc.stdout.splitlines()):
+    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(),
+                            env=env or clean_env())
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        # SIGTERM first: the child shuts its Ray down (a killed one leaves Ray workers behind).
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    for line in reversed(stdout.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     raise RuntimeError(
         f"{' '.join(argv[:3])}… exited {proc.returncode} without a result:\n"
-        f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        f"{stdout[-2000:]}\n{stderr[-4000:]}"
     )
 
 

@@ -71,5 +71,5 @@ def decrypt_credentials(key_b64: str, blob: bytes) -> Credentials:
 
 
 def encrypt_credentials(key_b64: str, username: str, password: str, typed: bool = False) -> bytes:
-    """Encrypt credentials the way the-other-dude stores them (tests, demo, `db add`)."""
+    """Encrypt credentials the way the-other-dude stores them (test fixtures seed rows with it)."""
     return LegacyCipher(key_b64).encrypt(username, password, typed)

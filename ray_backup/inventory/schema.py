@@ -1,4 +1,4 @@
-"""Create a compatible ``devices`` table, and add devices to it (tests, demo, `db add`)."""
+"""Create a compatible ``devices`` table (`ray-backup db init`); add devices to it (tests, benchmarks)."""
 
 from __future__ import annotations
 

@@ -33,6 +33,8 @@ def connect(address: str | None = None, **local_options) -> dict:
     """Connect to the cluster at ``address`` or RAY_ADDRESS, or else start a small local Ray.
 
     ``address="auto"`` joins a Ray already started on this machine (``ray start``).
+    A cluster with Ray's token authentication is joined as ``ray-backup`` joins it
+    (``job.connect``: token mode when a token is found, one clear error when refused).
     ``local_options`` go to ``ray.init`` for a local Ray (default: 2 CPUs, 200 MB
     object store). Returns the number of nodes and whether a job is running.
     """

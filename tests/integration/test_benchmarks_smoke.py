@@ -1,10 +1,10 @@
 """Every benchmark script runs once in a tiny configuration and writes its results file.
 
-The benchmarks are scripts, not timed tests: this only keeps them working. The nine
-run at the same time (each in its own process, with its own Ray), so the module costs
-about as long as the slowest one (sweep_vs_pool: a `ray start` head, then a CLI that starts
-its own Ray). They run with --allow-dirty (the suite runs from work trees); the refusal
-of a dirty tree is checked on its own, in a throwaway git repository.
+The benchmarks are scripts, not timed tests: this only keeps them working. They run side by
+side, at most four at a time (each in its own process, with its own Ray; sweep_vs_pool starts
+a `ray start` head, then a CLI that starts its own Ray), with --allow-dirty (the suite runs
+from work trees); the refusal of a dirty tree is checked on its own, in a throwaway git
+repository.
 """
 
 from __future__ import annotations
@@ -12,11 +12,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(480)
+pytestmark = pytest.mark.timeout(1200)
+# Each script starts a Ray (sweep_vs_pool two, one after the other): on 2 shared cores,
+# eight starting at once time out ("node timed out during startup").
+AT_ONCE = 4
+WAIT_S = 540
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
@@ -50,46 +55,72 @@ EXPECTED_KEYS = {
 }
 
 
+class Launcher:
+    """Runs the scripts, at most ``AT_ONCE`` at a time, in a thread of its own."""
+
+    def __init__(self, commands: dict[str, tuple[list[str], Path]]) -> None:
+        self.commands = commands
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.started = {name: threading.Event() for name in commands}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for name, (argv, log) in self.commands.items():
+            while sum(p.poll() is None for p in self.procs.values()) >= AT_ONCE:
+                if self.stopping.wait(0.5):
+                    return
+            with open(log, "w") as sink:
+                self.procs[name] = subprocess.Popen(argv, cwd=ROOT, stdout=sink,
+                                                    stderr=subprocess.STDOUT)
+            self.started[name].set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()  # lets a script stop the fleet and the Ray it started
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, redis_url, kafka_bootstrap):
-    """All nine scripts, started together; name -> (process, results path, log path)."""
+    """All the scripts, started in turn; (launcher, name -> (results path, log path))."""
     out = tmp_path_factory.mktemp("bench")
-    procs = {}
+    commands, paths = {}, {}
     for name, args in TINY.items():
         extra = []
         if name == "overhead":
             extra = ["--redis-url", redis_url, "--kafka-bootstrap", kafka_bootstrap]
         elif name == "connections":
             extra = ["--redis-url", redis_url]
-        results = out / f"{name}.json"
-        log = out / f"{name}.log"
-        with open(log, "w") as sink:
-            proc = subprocess.Popen(
-                [sys.executable, str(BENCH / f"{name}.py"), *args, *extra, "--output", str(results),
-                 "--allow-dirty"],
-                cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-            )
-        procs[name] = (proc, results, log)
-    yield procs
-    for proc, _, _ in procs.values():
-        if proc.poll() is None:
-            proc.terminate()  # lets a script stop the fleet and the Ray it started
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(30)
+        results, log = out / f"{name}.json", out / f"{name}.log"
+        commands[name] = ([sys.executable, str(BENCH / f"{name}.py"), *args, *extra,
+                           "--output", str(results), "--allow-dirty"], log)
+        paths[name] = (results, log)
+    launcher = Launcher(commands)
+    yield launcher, paths
+    launcher.stop()
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_benchmark_runs_tiny_and_writes_its_json(launched, name):
-    proc, results, log = launched[name]
+    launcher, paths = launched
+    results, log = paths[name]
+    assert launcher.started[name].wait(WAIT_S), f"{name} not started within {WAIT_S} s"
+    proc = launcher.procs[name]
     try:
-        code = proc.wait(timeout=420)
+        code = proc.wait(timeout=WAIT_S)
     except subprocess.TimeoutExpired:
         proc.terminate()
         proc.wait(60)
-        pytest.fail(f"{name} still running after 420 s:\n{log.read_text()[-3000:]}")
+        pytest.fail(f"{name} still running after {WAIT_S} s:\n{log.read_text()[-3000:]}")
     assert code == 0, f"{name} exited {code}:\n{log.read_text()[-3000:]}"
     doc = json.loads(results.read_text())
     assert doc["benchmark"] == name

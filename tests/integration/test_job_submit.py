@@ -1,14 +1,16 @@
-"""`ray job submit` of the job on a local cluster, end to end, including `ray job stop`."""
+"""`ray job submit` of the job on a local cluster with Ray's token authentication, end to end.
+
+The head is `ray start --head` with Ray's default authentication (a token exists, so Ray >=
+2.59 turns token auth on); the job is submitted as the README's recipe says, watched and
+steered with `ray-backup`, and stopped with `ray job stop`.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,67 +18,39 @@ import redis
 
 from ray_backup import constants as C
 from tests.integration.conftest import wait_for
-from tests.support.services import free_port, wait_for_port
+from tests.support.ray_head import token_auth_head
 
 pytestmark = pytest.mark.timeout(600)
-BIN = Path(sys.executable).parent
-# A loopback-only test cluster: no token authentication between its clients and it.
-LOCAL = {"RAY_AUTH_MODE": "disabled"}
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head_node():
-    """A one-node Ray cluster started with `ray start --head --block`, stopped after."""
-    temp_dir = tempfile.mkdtemp(prefix="rbj", dir="/tmp")
-    gcs_port, dash_port = free_port(), free_port()
-    # Ray's default agent, client and metrics ports are fixed numbers: another Ray on this
-    # machine would hold them and leave this head without a job agent.
-    own_ports = [
-        f"--{name}={free_port()}"
-        for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                     "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")
-    ]
-    env = {**os.environ, **LOCAL, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "RAY_JOB_STOP_WAIT_TIME_S": "20"}
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}",
-         f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-         "--num-cpus=2", f"--object-store-memory={100 * 1024**2}", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats", *own_ports],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        wait_for_port("127.0.0.1", dash_port, timeout=90)
-        yield {"gcs": f"127.0.0.1:{gcs_port}", "dashboard": f"http://127.0.0.1:{dash_port}"}
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+    with token_auth_head(num_cpus=2, RAY_JOB_STOP_WAIT_TIME_S="20") as head:
+        yield head
 
 
-def _ray(*args, env=None, timeout=120):
-    return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def test_the_readme_recipe_is_the_one_this_test_runs():
+    text = README.read_text()
+    assert "export RAY_AUTH_MODE=token" in text
+    assert "ray job submit --working-dir . -- ray-backup run --inventory /" in text
 
 
-def _job_logs(job_id, env):
-    result = _ray("job", "logs", job_id, env=env)
-    return result.stdout + result.stderr  # the CLI prints the driver's log through its logger
+def test_the_head_refuses_clients_without_its_token(head_node):
+    # Ray's default for `ray start --head` with a token present is token authentication.
+    refused = head_node.ray("job", "list", env=head_node.env(RAY_AUTH_MODE="disabled"))
+    assert refused.returncode != 0 and "Unauthorized" in refused.stderr
 
 
-def _cli(*args, address):
-    env = {**os.environ, **LOCAL, "RAY_ADDRESS": address}
-    out = subprocess.run([str(BIN / "ray-backup"), *args], env=env, capture_output=True, text=True,
-                         timeout=120)
-    return out
+def test_a_wrong_token_is_one_clear_error_line(head_node):
+    result = head_node.cli("status", env=head_node.env(head_node.gcs, RAY_AUTH_TOKEN="not-the-token"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "RAY_AUTH_MODE=token" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "not-the-token" not in result.stderr
 
 
-def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_prefix, tmp_path,
-                                      monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", LOCAL["RAY_AUTH_MODE"])
+def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_prefix, tmp_path):
     sim, devices, inventory = sim_fleet(3)
     work = tmp_path / "job"
     work.mkdir()
@@ -88,15 +62,16 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
         "CONFIG_BACKUP_COMMAND_TIMEOUT": "5", "DEVICE_REFRESH_SECONDS": "2",
         "RAY_BACKUP_METRICS_PORT": "0",
     }}
-    env = {**os.environ, **LOCAL, "RAY_ADDRESS": head_node["dashboard"]}
 
     def submit():
+        # The README's recipe (RAY_AUTH_MODE=token, RAY_ADDRESS the dashboard, from the
+        # directory to ship, an absolute inventory path), plus this test's settings.
         # The dashboard answers before its job agent is up ("No available agent"): retry.
-        result = _ray(
-            "job", "submit", "--no-wait", "--working-dir", str(work),
+        result = head_node.ray(
+            "job", "submit", "--no-wait", "--working-dir", ".",
             "--runtime-env-json", json.dumps(runtime_env), "--",
-            "ray-backup", "run", "--inventory", str(inventory), "--output", str(out),
-            "--status-every", "5", env=env,
+            "ray-backup", "run", "--inventory", str(inventory.resolve()), "--output", str(out),
+            "--status-every", "5", cwd=work,
         )
         errors.append(result.stderr[-500:])
         return result if result.returncode == 0 else None
@@ -109,7 +84,8 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted.stdout).group(0)
 
     def statuses():
-        result = _cli("status", "--json", address=head_node["gcs"])
+        # No RAY_AUTH_MODE: ray-backup joins a token cluster with the token it finds.
+        result = head_node.cli("status", "--json", env=head_node.bare_env(head_node.gcs))
         if result.returncode != 0:
             return None
         rows = [json.loads(line) for line in result.stdout.splitlines()]
@@ -119,39 +95,51 @@ def test_submit_watch_trigger_and_stop(head_node, sim_fleet, redis_url, redis_pr
     assert {r["device_id"] for r in rows} == {d.id for d in devices}
     assert len(list((out).glob("*.rsc"))) == 3
 
-    triggered = _cli("trigger", devices[0].id, "--json", address=head_node["gcs"])
+    triggered = head_node.cli("trigger", devices[0].id, "--json")
     assert triggered.returncode == 0, triggered.stderr
     assert json.loads(triggered.stdout)["status"] == "success"
+    # hostkey writes the inventory, then tells the running job, through token auth too.
+    reset = head_node.cli("hostkey", "reset", devices[1].id, "--inventory", str(inventory.resolve()),
+                          env=head_node.bare_env(head_node.gcs))
+    assert reset.returncode == 0, reset.stderr[-2000:]
+    assert "the running job re-read the inventory" in reset.stdout, reset.stdout
+    limits = head_node.cli("limits", "--max-concurrent", "5")
+    assert limits.returncode == 0, limits.stderr
+    assert json.loads(limits.stdout.splitlines()[-1])["limit"] == 5
 
     # REDIS_URL came only through the job's runtime_env: the actors persisted state with it.
     r = redis.Redis.from_url(redis_url)
     assert all(r.exists(f"{redis_prefix}state:{d.id}") for d in devices)
 
-    logs = _job_logs(job_id, env)
-    assert "job running: 3 devices in 3 actors" in logs
+    def job_logs():
+        result = head_node.ray("job", "logs", job_id)
+        return result.stdout + result.stderr  # the CLI prints the driver's log through its logger
+
+    assert "job running: 3 devices in 3 actors" in job_logs()
 
     # A relative path resolves inside Ray's copy of the working dir, which goes with the job.
-    refused = _ray("job", "submit", "--working-dir", str(work), "--",
-                   "ray-backup", "run", "--inventory", "devices.yaml", "--output", str(out), env=env)
+    refused = head_node.ray("job", "submit", "--working-dir", ".", "--",
+                            "ray-backup", "run", "--inventory", "devices.yaml", "--output", str(out),
+                            cwd=work)
     assert refused.returncode != 0
     assert "--inventory 'devices.yaml' is inside the Ray job's working-dir copy" in (
         refused.stdout + refused.stderr)
 
-    stopped = _ray("job", "stop", job_id, env=env)
+    stopped = head_node.ray("job", "stop", job_id)
     assert stopped.returncode == 0, stopped.stderr
+
     def job_status():
-        result = _ray("job", "status", job_id, env=env)
+        result = head_node.ray("job", "status", job_id)
         return result.stdout + result.stderr
 
     wait_for(lambda: "was stopped" in job_status(), 60, message="job stopped")
-
-    def no_actors_left():
-        from ray.util.state import list_actors
-
-        alive = list_actors(address=head_node["dashboard"], filters=[("state", "=", "ALIVE")],
-                            raise_on_missing_output=False)
-        return not [a.name for a in alive if a.ray_namespace == C.NAMESPACE]
-
-    wait_for(no_actors_left, 60, interval=2, message="actors removed")
+    wait_for(lambda: not head_node.named_actors(C.NAMESPACE), 60, interval=2, message="actors removed")
     assert not [d.id for d in devices if r.exists(C.DEVICE_LOCK_KEY.format(device_id=d.id))]
-    assert "stopped 3 device actors" in _job_logs(job_id, env)
+    assert "stopped 3 device actors" in job_logs()
+
+
+def test_notebook_connect_joins_the_token_cluster_without_auth_settings(head_node):
+    code = "import ray_backup.notebook as rb; print(rb.connect()['nodes'])"
+    result = subprocess.run([sys.executable, "-c", code], env=head_node.bare_env(head_node.gcs),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "1", result.stderr[-2000:]

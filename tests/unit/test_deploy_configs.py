@@ -1,7 +1,8 @@
-"""deploy/: the cluster launcher config, the KubeRay RayJob and the Grafana dashboard."""
+"""The deployment files: cluster.yaml (top level), the KubeRay RayJob and the Grafana dashboard."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import json
@@ -18,7 +19,8 @@ import yaml
 from ray_backup.metrics import DOCUMENTED_METRICS
 from ray_backup.settings import Settings
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
 SETTING_NAMES = {f.metadata["env"] for f in dataclasses.fields(Settings)}
 SECRET_NAMES = {f.metadata["env"] for f in dataclasses.fields(Settings) if f.metadata["secret"]}
 # The secrets the deployments must hand to the job (DESIGN.md's environment).
@@ -46,12 +48,18 @@ def check_settings(env: dict[str, str]) -> Settings:
     return Settings.load(environ={**env, "KAFKA_SASL_PASSWORD": "from-the-secret-store"})
 
 
-# -- deploy/cluster.yaml ---------------------------------------------------------------------
+# -- cluster.yaml (the repository's top level, next to pyproject.toml) ----------------------
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    return yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_is_at_the_top_level_and_deploy_keeps_kuberay_and_grafana():
+    assert (ROOT / "cluster.yaml").is_file() and (ROOT / "pyproject.toml").is_file()
+    assert not (DEPLOY / "cluster.yaml").exists()
+    assert (DEPLOY / "kuberay" / "rayjob.yaml").is_file() and (DEPLOY / "grafana").is_dir()
 
 
 def test_cluster_yaml_validates_against_rays_cluster_config_schema(cluster):
@@ -60,14 +68,36 @@ def test_cluster_yaml_validates_against_rays_cluster_config_schema(cluster):
     jsonschema.validate(cluster, json.loads(schema_path.read_text()))
 
 
-def test_cluster_yaml_prepares_as_ray_up_prepares_it(cluster):
-    from ray.autoscaler._private.commands import prepare_config
-    from ray.autoscaler._private.util import validate_config
+def test_cluster_yaml_passes_the_config_bootstrap_that_ray_up_runs(cluster):
+    # `ray up` hands the file to commands._bootstrap_config: prepare_config (defaults, the
+    # local provider's IPs turned into a node type), the provider's resource fill-out,
+    # validate_config (schema and node types) and the provider's bootstrap_config.
+    # no_config_cache: nothing is read from or written to Ray's config cache in /tmp.
+    from ray.autoscaler._private.commands import _bootstrap_config
 
-    prepared = prepare_config(cluster)  # fills defaults, turns the IPs into a node type
-    validate_config(prepared)
+    prepared = _bootstrap_config(copy.deepcopy(cluster), no_config_cache=True)
+    # The local provider has one node type for the head and the listed workers.
     (node_type,) = prepared["available_node_types"].values()
     assert node_type["min_workers"] == node_type["max_workers"] == len(cluster["provider"]["worker_ips"])
+    # The start commands survive preparation as written (token mode, settings, secrets).
+    assert prepared["head_start_ray_commands"] == cluster["head_start_ray_commands"]
+
+
+def test_cluster_yaml_prepares_and_validates_with_rays_own_functions(cluster):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(cluster)))
+
+
+def test_every_node_starts_ray_with_token_auth_and_the_clusters_token(cluster):
+    # Ray's token-auth guide for `ray up`: the locally generated ~/.ray/auth_token is
+    # mounted on every node, and Ray starts with RAY_AUTH_MODE=token.
+    user_home = f"/home/{cluster['auth']['ssh_user']}"
+    assert cluster["file_mounts"].get(f"{user_home}/.ray/auth_token") == "~/.ray/auth_token"
+    for commands in (cluster["head_start_ray_commands"], cluster["worker_start_ray_commands"]):
+        start = next(c for c in commands if "ray start" in c)
+        assert "RAY_AUTH_MODE=token ray start" in start
+    assert any("RAY_AUTH_MODE=token" in c for c in cluster["setup_commands"]), "clients on the nodes"
 
 
 def test_local_provider_names_a_head_and_its_workers(cluster):
@@ -137,6 +167,16 @@ def test_rayjob_cluster_has_a_head_and_worker_groups(rayjob):
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         assert all(isinstance(v, str) for v in group.get("rayStartParams", {}).values())
         assert group["template"]["spec"]["containers"][0]["image"]
+
+
+def test_rayjob_cluster_uses_kuberays_token_authentication(rayjob):
+    # KubeRay >= 1.5.1: the operator makes the token Secret and sets RAY_AUTH_MODE and
+    # RAY_AUTH_TOKEN on every Ray container and on the submitter (Ray >= 2.52 required).
+    spec = rayjob["spec"]["rayClusterSpec"]
+    assert spec["authOptions"] == {"mode": "token"}
+    major, minor, *_ = (int(part) for part in spec["rayVersion"].split("."))
+    assert (major, minor) >= (2, 52)
+    assert spec["rayVersion"] == ray.__version__, "the image's Ray must be the pinned one"
 
 
 def test_rayjob_runtime_env_holds_valid_settings_and_no_secret(rayjob):
