@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl
+import connections
 import fleet_sweep
 import history_writers
 import memory_startup
@@ -27,6 +28,7 @@ TABLES = {
     "fleet_sweep": fleet_sweep.table,
     "overhead": overhead.table,
     "memory_startup": memory_startup.table,
+    "connections": connections.table,
     "reconcile": reconcile.table,
     "placement": placement.table,
     "history_writers": history_writers.table,

@@ -50,6 +50,16 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _per_actor(value: str) -> int | str:
+    """``auto`` (the supervisor chooses, see ``placement.auto_devices_per_actor``) or a count."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _positive_int(value)
+    except ValueError:
+        raise ValueError("must be auto or a whole number greater than 0") from None
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -223,7 +233,7 @@ class Settings:
     spool_dir: str | None = _setting("RAY_BACKUP_SPOOL_DIR", None)
     spool_max_bytes: int = _setting("RAY_BACKUP_SPOOL_MAX_BYTES", 1024 * 1024 * 1024, _positive_int)
     metrics_port: int = _setting("RAY_BACKUP_METRICS_PORT", 9464, _port)
-    devices_per_actor: int = _setting("RAY_BACKUP_DEVICES_PER_ACTOR", 1, _positive_int)
+    devices_per_actor: int | str = _setting("RAY_BACKUP_DEVICES_PER_ACTOR", "auto", _per_actor)
 
     def __repr__(self) -> str:
         shown = []

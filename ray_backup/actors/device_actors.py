@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import ray
 
 from ray_backup import constants as C
-from ray_backup.actors.placement import least_loaded, moves_to_balance
+from ray_backup.actors.placement import auto_layout, least_loaded, moves_to_balance
 from ray_backup.models import Device
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,9 @@ class RayActorOps:
 class DeviceActors:
     """The fleet's device actors, by name."""
 
-    def __init__(self, devices_per_actor: int, ops: RayActorOps | None = None) -> None:
-        self.per_actor = devices_per_actor
+    def __init__(self, devices_per_actor: int | str, ops: RayActorOps | None = None) -> None:
+        self.setting = devices_per_actor  # a count, or "auto": chosen for the fleet at each add
+        self.per_actor = 1 if devices_per_actor == "auto" else int(devices_per_actor)
         self.ops = ops or RayActorOps()
         self.records: dict[str, DeviceActorRecord] = {}
 
@@ -161,6 +162,8 @@ class DeviceActors:
         if not devices:
             return
         nodes = await asyncio.to_thread(self.ops.nodes)
+        if self.setting == "auto":
+            self.per_actor = auto_layout(len(self.hosted()) + len(devices), len(nodes)).per_actor
         load = Counter({n: 0 for n in nodes})
         for record in self.records.values():
             load[record.node_id] += len(record.device_ids)
@@ -174,7 +177,9 @@ class DeviceActors:
             batch, queue = queue[: self.per_actor], queue[self.per_actor :]
             node = least_loaded(nodes, load) if nodes else None
             load[node] += len(batch)
-            name = (batch[0].actor_name if self.per_actor == 1
+            # A device's own name only while no actor has it (one packed when auto grew).
+            name = (batch[0].actor_name
+                    if self.per_actor == 1 and batch[0].actor_name not in self.records
                     else f"{C.DEVICE_GROUP_PREFIX}{uuid.uuid4().hex[:12]}")
             created.append(self.create(name, batch, node))
         await asyncio.gather(*created)

@@ -255,11 +255,19 @@ class BackupSupervisor:
         self._semaphore_stats = await handle.stats.remote()
 
     def _warn_if_not_fitting(self, count: int) -> None:
+        """Said once, at the first inventory read: how the fleet is laid out (auto), or
+        that the chosen packing will not fit the cluster's memory."""
         if self._fit_warned or not count:
             return
         self._fit_warned = True
+        resources = ray.cluster_resources()
+        if self.settings.devices_per_actor == "auto":
+            nodes = len(self.actors.ops.nodes()) or 1
+            layout = placement.auto_layout(count, nodes)
+            log.info("%s", layout.describe())
+            return
         warning = placement.fit_warning(
-            count, self.settings.devices_per_actor, ray.cluster_resources().get("memory", 0)
+            count, self.settings.devices_per_actor, resources.get("memory", 0)
         )
         if warning:
             log.warning("%s", warning)

@@ -38,10 +38,24 @@ _DELETE = None  # a pending write that deletes the state
 _NOTHING = object()
 
 
-def client(url: str, socket_timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
-    """A client that fails fast: short timeouts, text replies."""
-    return redis.Redis.from_url(
+# Connections one process keeps to Redis, whatever the number of devices it runs: its
+# threads wait for a free one. Redis answers in well under a millisecond, so a few serve
+# a packed actor's loops; with the few actor processes per node that
+# ``placement.auto_layout`` allows, a node stays within its budget (issue 11).
+CONNECTIONS_PER_PROCESS = 3
+# How long a thread waits for a free connection before the call counts as a Redis
+# failure: longer than a socket timeout, since on a busy node (hundreds of loops starting
+# at once, a loaded CPU) a queue of sub-millisecond calls is not an outage.
+POOL_WAIT_S = 10.0
+
+
+def client(url: str, socket_timeout: float = SOCKET_TIMEOUT_S,
+           max_connections: int = CONNECTIONS_PER_PROCESS) -> redis.Redis:
+    """A client that fails fast (short timeouts, text replies), on a capped pool."""
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=max(socket_timeout, POOL_WAIT_S),
         socket_connect_timeout=socket_timeout,
         socket_timeout=socket_timeout,
         # One immediate retry on a connection error reconnects a pooled connection
@@ -51,6 +65,9 @@ def client(url: str, socket_timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
         health_check_interval=0,
         decode_responses=True,
     )
+    redis_client = redis.Redis(connection_pool=pool)
+    redis_client.auto_close_connection_pool = True
+    return redis_client
 
 
 class RedisLock(LockBase):

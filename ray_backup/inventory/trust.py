@@ -31,6 +31,9 @@ SUPERVISOR_TIMEOUT_S = 30.0
 # ssh_host_key_last_verified moves at most this often per device: a fleet of
 # thousands must not write the inventory on every backup.
 VERIFY_EVERY_S = 600.0
+# Host-key writes of one process go one at a time: at most one PostgreSQL connection
+# per process, whatever the number of devices it runs (a write takes milliseconds).
+_ONE_WRITER = threading.Lock()
 
 
 class HostKeys(Protocol):
@@ -52,11 +55,12 @@ class InventoryHostKeys:
         self._opener = opener
 
     def _with_source(self, work: Callable[[InventorySource], T]) -> T:
-        source = self._opener()
-        try:
-            return work(source)
-        finally:
-            source.close()
+        with _ONE_WRITER:
+            source = self._opener()
+            try:
+                return work(source)
+            finally:
+                source.close()
 
     def record(self, device_id: str, fingerprint: str) -> bool:
         return self._with_source(lambda source: source.record_host_key(device_id, fingerprint))

@@ -288,6 +288,61 @@ def test_packed_actors_host_several_device_loops_each_with_its_own_state(running
     assert _status(sup)[victim.id]["status"] == C.STATUS_AUTH_BLOCKED
 
 
+def test_auto_packs_beyond_two_actors_per_node_and_each_device_keeps_its_own_loop(
+        running_job, redis_url, redis_prefix):
+    from ray_backup.actors.placement import MAX_ACTORS_PER_NODE
+
+    s = running_job(9)  # RAY_BACKUP_DEVICES_PER_ACTOR unset: auto; 3 nodes
+    ids = [d.id for d in s["devices"]]
+    sup = s["supervisor"]
+    rows = wait_for(lambda: _all_backed_up(sup, ids), 120, message="first backups")
+    actors = {rows[i]["actor"] for i in ids}
+    assert len(actors) <= MAX_ACTORS_PER_NODE * 3 < len(ids)  # packed: fewer processes
+    assert len({rows[i]["sha256_hash"] for i in ids}) == 9  # nine devices, nine configs
+    assert all(rows[i]["next_due"] for i in ids)  # every device has its own timer loop
+    stored = redis.Redis.from_url(redis_url).keys(f"{redis_prefix}state:*")
+    assert len(stored) == 9  # and its own persisted state
+
+
+def _job_connections(cluster_obj, port: int) -> dict[str, int]:
+    """Established TCP connections to ``port`` from this cluster's worker processes (the
+    raylet's children), by node. Processes, not the state API: other clusters run here."""
+    import psutil
+
+    by_node: Counter = Counter()
+    for node in [cluster_obj.head_node, *cluster_obj.worker_nodes]:
+        (raylet,) = node.all_processes["raylet"]
+        try:
+            workers = psutil.Process(raylet.process.pid).children(recursive=True)
+        except psutil.Error:
+            continue
+        for proc in workers:
+            try:
+                conns = proc.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            by_node[node.node_id] += sum(1 for c in conns if c.raddr and c.raddr.port == port
+                                         and c.status == psutil.CONN_ESTABLISHED)
+    return by_node
+
+
+def test_redis_connections_per_node_do_not_grow_with_the_devices(cluster, running_job, redis_url):
+    s = running_job(40, CONFIG_BACKUP_MAX_CONCURRENT=10)
+    for device in s["devices"]:
+        device.delay = 0.5  # sessions stay open while we count
+    ids = [d.id for d in s["devices"]]
+    port = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs.get("port", 6379)
+    peak: Counter = Counter()
+
+    def all_done():
+        for node, count in _job_connections(cluster[0], port).items():
+            peak[node] = max(peak[node], count)
+        return _all_backed_up(s["supervisor"], ids)
+
+    wait_for(all_done, 180, interval=1, message="40 devices backed up")
+    assert peak and max(peak.values()) <= 8, peak
+
+
 def test_one_shot_backup_goes_through_the_running_jobs_semaphore(running_job):
     from ray_backup import oneshot
 

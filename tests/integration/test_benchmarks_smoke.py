@@ -41,6 +41,7 @@ TINY = {
                      "--config-bytes", "10000", "--sweeps", "2"],
     "sweep_vs_pool": ["--devices", "4", "--concurrency", "2", "--cold-concurrency", "2",
                       "--delay", "0", "--config-bytes", "10000"],
+    "connections": ["--devices", "6", "--seconds", "2", "--jitter", "1", "--delay", "0"],
 }
 
 EXPECTED_KEYS = {
@@ -53,6 +54,7 @@ EXPECTED_KEYS = {
     "first_result": ("runs", "parameters"),
     "sweep_vs_pool": ("runs", "summary", "parameters"),
     "history_query": ("results",),
+    "connections": ("runs", "parameters"),
 }
 
 
@@ -99,6 +101,8 @@ def launched(tmp_path_factory, redis_url, kafka_bootstrap):
         extra = []
         if name == "overhead":
             extra = ["--redis-url", redis_url, "--kafka-bootstrap", kafka_bootstrap]
+        elif name == "connections":
+            extra = ["--redis-url", redis_url]
         results, log = out / f"{name}.json", out / f"{name}.log"
         commands[name] = ([sys.executable, str(BENCH / f"{name}.py"), *args, *extra,
                            "--output", str(results), "--allow-dirty"], log)

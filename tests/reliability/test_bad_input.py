@@ -59,12 +59,17 @@ BAD = {
     "RAY_BACKUP_LOG_LEVEL": ("LOUD", "must be one of DEBUG"),
     "RAY_BACKUP_SPOOL_MAX_BYTES": ("1.5", "must be a number"),
     "RAY_BACKUP_METRICS_PORT": ("70000", "port number"),
-    "RAY_BACKUP_DEVICES_PER_ACTOR": ("-3", "greater than 0"),
+    "RAY_BACKUP_DEVICES_PER_ACTOR": ("-3", "must be auto or a whole number greater than 0"),
+    "RAY_BACKUP_CHANGES_TOPIC": ("config changes", "must be a Kafka topic name"),
+    "RAY_BACKUP_HISTORY_WRITERS": ("0", "greater than 0"),
+    "CONFIG_RETENTION_DAYS": ("-5", "greater than 0"),
+    "RAY_BACKUP_SSH_LEGACY_ALGORITHMS": ("maybe", "must be 1 or 0"),
 }
 # Free text by nature: any string is a valid value.
 FREE_TEXT = {"RAY_BACKUP_REDIS_PREFIX", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
              "KAFKA_SSL_CA_LOCATION", "OPENBAO_TOKEN", "OPENBAO_TRANSIT_MOUNT",
-             "RAY_BACKUP_INVENTORY", "RAY_BACKUP_OUTPUT_DIR", "RAY_BACKUP_SPOOL_DIR"}
+             "RAY_BACKUP_INVENTORY", "RAY_BACKUP_OUTPUT_DIR", "RAY_BACKUP_SPOOL_DIR",
+             "RAY_BACKUP_HISTORY_GROUP"}  # a Kafka group id may be any string
 SECRETS = {f.metadata["env"] for f in dataclasses.fields(Settings) if f.metadata["secret"]}
 
 

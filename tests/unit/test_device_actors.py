@@ -232,3 +232,39 @@ def test_spool_backlog_counts_each_nodes_shared_spool_once():
     a.spool, b.spool, c.spool = 3, 3, 2  # a and b see the same spool directory
     run(fleet.check())
     assert fleet.spool_pending() == 5
+
+
+def test_auto_gives_each_device_an_actor_until_the_nodes_are_full_then_packs():
+    from ray_backup.actors.placement import MAX_ACTORS_PER_NODE
+
+    ops = FakeOps(nodes=("node-a",))
+    fleet = DeviceActors("auto", ops)
+    first = [device(i) for i in range(MAX_ACTORS_PER_NODE)]
+    run(fleet.sync(wanted(*first)))
+    assert sorted(ops.names()) == sorted(d.actor_name for d in first)  # one each
+    grown = first + [device(i) for i in range(100, 140)]
+    run(fleet.sync(wanted(*grown)))
+    assert len(ops.names()) == MAX_ACTORS_PER_NODE  # packed into the same processes
+    running = ops.running()
+    assert sorted(running) == sorted(d.id for d in grown)
+    assert all(len(actors) == 1 for actors in running.values())  # each device once
+
+
+def test_auto_never_reuses_the_name_of_a_device_whose_actor_packs_others():
+    from ray_backup.actors.placement import MAX_ACTORS_PER_NODE
+
+    ops = FakeOps(nodes=("node-a",))
+    fleet = DeviceActors("auto", ops)
+    singles = [device(i) for i in range(MAX_ACTORS_PER_NODE)]
+    run(fleet.sync(wanted(*singles)))
+    more = [device(i) for i in range(100, 105)]
+    run(fleet.sync(wanted(*singles, *more)))  # packed into the device-named actors
+    first = singles[0]
+    other = next(i for i in fleet.records[first.actor_name].device_ids if i != first.id)
+    kept = next(d for d in more if d.id == other)
+    run(fleet.sync(wanted(kept)))  # the first device leaves; its actor keeps the other one
+    run(fleet.sync(wanted(kept, first)))  # and comes back to a fleet small enough for one each
+    running = ops.running()
+    assert sorted(running) == sorted([first.id, kept.id])
+    assert all(len(actors) == 1 for actors in running.values())
+    assert sorted(fleet.hosted()) == sorted([first.id, kept.id])

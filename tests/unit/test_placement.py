@@ -1,6 +1,12 @@
 from collections import Counter
 
-from ray_backup.actors.placement import fit_warning, least_loaded, moves_to_balance
+from ray_backup.actors.placement import (
+    MAX_ACTORS_PER_NODE,
+    auto_layout,
+    fit_warning,
+    least_loaded,
+    moves_to_balance,
+)
 
 NODES = ["a", "b", "c"]
 
@@ -32,3 +38,38 @@ def test_fleet_that_does_not_fit_is_told_how_to_pack():
     assert "5000 devices in 5000 actor processes" in warning
     per_actor = int(warning.rsplit(" ", 1)[1])
     assert fit_warning(5000, per_actor, 16 * gb) is None
+
+
+def test_auto_runs_one_actor_per_device_while_the_fleet_fits_the_nodes():
+    per_node = MAX_ACTORS_PER_NODE
+    assert auto_layout(1, 1).per_actor == 1
+    assert auto_layout(per_node, 1).per_actor == 1
+    assert auto_layout(3 * per_node, 3).per_actor == 1
+    assert not auto_layout(3 * per_node, 3).packed
+
+
+def test_auto_packs_beyond_into_a_bounded_number_of_processes_per_node():
+    per_node = MAX_ACTORS_PER_NODE
+    for devices, nodes in [(per_node + 1, 1), (5000, 1), (1000, 3), (10_000, 7)]:
+        layout = auto_layout(devices, nodes)
+        assert layout.packed
+        actors = -(-devices // layout.per_actor)
+        assert actors <= per_node * nodes  # processes, hence connections, do not grow
+        assert layout.per_actor * per_node * nodes >= devices
+
+
+def test_auto_says_the_mode_and_its_numbers():
+    text = auto_layout(5000, 2).describe()
+    assert "RAY_BACKUP_DEVICES_PER_ACTOR=auto" in text and "5000 devices on 2 node(s)" in text
+    assert "packed, up to 1250 devices per actor process" in text
+    assert f"{MAX_ACTORS_PER_NODE} actor processes per node" in text
+    assert "one actor process per device" in auto_layout(2, 2).describe()
+
+
+def test_devices_per_actor_defaults_to_auto_and_takes_a_count():
+    from ray_backup.settings import Settings
+
+    assert Settings.load(environ={}).devices_per_actor == "auto"
+    assert Settings.load(environ={"RAY_BACKUP_DEVICES_PER_ACTOR": "AUTO"}).devices_per_actor == "auto"
+    assert Settings.load(environ={"RAY_BACKUP_DEVICES_PER_ACTOR": "1"}).devices_per_actor == 1
+    assert Settings.load(environ={"RAY_BACKUP_DEVICES_PER_ACTOR": "50"}).devices_per_actor == 50
