@@ -166,6 +166,7 @@ pg_rows = st.tuples(
     st.one_of(st.none(), st.text(max_size=12)),              # routeros_version
     st.one_of(st.none(), st.text(max_size=60),
               st.from_regex(r"SHA256:[A-Za-z0-9+/]{43}=?", fullmatch=True)),
+    st.one_of(st.none(), st.booleans(), anything),           # ssh_legacy_algorithms (optional)
 )
 
 
