@@ -75,6 +75,7 @@ def run_pipeline(inventory: str, k: int, sim_pid: int) -> dict:
 
     from ray_backup import constants as C
     from ray_backup import loop as rb_loop
+    from ray_backup.actors.permits import LocalPermits
     from ray_backup.inventory.yamlfile import YamlInventory
     from ray_backup.runtime import Runtime
     from ray_backup.settings import Settings
@@ -87,23 +88,12 @@ def run_pipeline(inventory: str, k: int, sim_pid: int) -> dict:
     runtime = Runtime(settings)
     devices = YamlInventory(inventory).load().devices
 
-    class LocalPermits:
-        def __init__(self) -> None:
-            self._semaphore = asyncio.Semaphore(k)
-
-        async def acquire(self, holder: str, lease_s: float) -> int:
-            await self._semaphore.acquire()
-            return 1
-
-        async def release(self, lease: int, holder: str) -> None:
-            self._semaphore.release()
-
     window = bl.Window(sim_pid)
     progress = bl.Progress(window, len(devices))
 
     async def main() -> list[str]:
         deps = rb_loop.LoopDeps(collector=runtime.collector, coordinator=runtime.coordinator,
-                                permits=LocalPermits(), schedule=runtime.schedule())
+                                permits=LocalPermits(k), schedule=runtime.schedule())
 
         async def one(device) -> str:
             # What FleetWorker.backup does, minus the actor around it.
