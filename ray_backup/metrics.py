@@ -19,6 +19,7 @@ One registry, served from the supervisor (``RAY_BACKUP_METRICS_PORT``, ``/metric
     ray_backup_history_stale_total              counter   snapshots older than the newest version
     ray_backup_history_duplicates_total         counter   snapshots already in history
     ray_backup_history_poison_total             counter   unreadable snapshot events skipped
+    ray_backup_history_rejected_total           counter   snapshots refused (tenant, unknown device)
 
 Counters and histograms are fed by the device actors' status reports; gauges are
 computed from the status table and the semaphore's last stats at scrape time.
@@ -79,7 +80,7 @@ DOCUMENTED_METRICS = (
     C.METRIC_SEMAPHORE_HELD, C.METRIC_LAST_SUCCESS_AGE, C.METRIC_RECONCILE_DURATION,
     C.METRIC_RECONCILE_ERRORS, C.METRIC_CONFIG_CHANGES, C.METRIC_SPOOL_PENDING,
     C.METRIC_HISTORY_WRITER_LAG, C.METRIC_HISTORY_STALE, C.METRIC_HISTORY_DUPLICATES,
-    C.METRIC_HISTORY_POISON,
+    C.METRIC_HISTORY_POISON, C.METRIC_HISTORY_REJECTED,
 )
 # A device is stale when its last success (or, never backed up, its first sight) is
 # older than this many backup intervals; blocked devices count too.

@@ -4,6 +4,9 @@
     ray_backup_history_stale_total         counter  snapshots older than the newest version
     ray_backup_history_duplicates_total    counter  snapshots already in history
     ray_backup_history_poison_total        counter  unreadable snapshot events skipped
+    ray_backup_history_rejected_total      counter  snapshots the store refused for good (the
+                                                    event's tenant is not the device's, or the
+                                                    device is unknown to a database requiring it)
 
 Summed over the writer actors, asked at scrape time; their change events feed
 ``ray_backup_config_changes_total``.
@@ -51,6 +54,8 @@ class HistoryCollector:
             (C.METRIC_HISTORY_STALE, "stale", "Snapshots older than the device's newest version"),
             (C.METRIC_HISTORY_DUPLICATES, "duplicate", "Snapshots already in history"),
             (C.METRIC_HISTORY_POISON, "poison", "Unreadable snapshot events skipped"),
+            (C.METRIC_HISTORY_REJECTED, "rejected",
+             "Snapshots the history store refused for good (tenant mismatch, unknown device)"),
         ):
             yield CounterMetricFamily(name.removesuffix("_total"), help_text,
                                       value=sum(w.get(key, 0) for w in writers))

@@ -85,6 +85,7 @@ def test_with_kafka_and_no_database_one_writer_on_the_head_node_writes_the_direc
         s = wait_for(scraped, 20, "the writer's change event counted on the scrape page")
         assert s[C.METRIC_HISTORY_WRITER_LAG] == 0
         assert s["ray_backup_history_poison_total"] == 0
+        assert s["ray_backup_history_rejected_total"] == 0
     finally:
         job.stop_all(grace_s=2)
     assert history_writers.running() == []

@@ -239,7 +239,8 @@ def test_dashboard_shows_what_an_operator_watches(dashboard):
     for needed in ("mikrotik_config_backup_total", "mikrotik_config_backup_duration_seconds_bucket",
                    "mikrotik_config_backup_active", "ray_backup_semaphore_waiters",
                    "ray_backup_devices", "ray_backup_devices_blocked",
-                   "ray_backup_last_success_age_seconds", "ray_backup_history_writer_lag"):
+                   "ray_backup_last_success_age_seconds", "ray_backup_history_writer_lag",
+                   "ray_backup_devices_stale", "ray_backup_spool_pending"):
         assert needed in queried, f"no panel shows {needed}"
     quantiles = [e for e in exprs(dashboard) if "histogram_quantile" in e and "backup_duration" in e]
     assert {q.split("(")[1].split(",")[0] for q in quantiles} == {"0.5", "0.95"}

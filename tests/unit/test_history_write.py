@@ -170,15 +170,16 @@ def test_without_writers_device_rows_count_changes():
 
 def test_with_writers_their_change_events_are_counted_not_the_rows():
     stats = [{"name": "history-writer-0", "lag": 5, "changes": 2, "stale": 1, "duplicate": 3,
-              "poison": 0},
+              "poison": 0, "rejected": 2},
              {"name": "history-writer-1", "lag": None, "changes": 1, "stale": 0, "duplicate": 0,
-              "poison": 1}]
+              "poison": 1, "rejected": 1}]
     metrics = FleetMetrics(list, dict, export_to_ray=False, history_stats=lambda: stats)
     assert _sample(metrics, C.METRIC_HISTORY_WRITER_LAG) == 5
     assert _sample(metrics, C.METRIC_CONFIG_CHANGES) == 3
     assert _sample(metrics, C.METRIC_HISTORY_STALE) == 1
     assert _sample(metrics, C.METRIC_HISTORY_DUPLICATES) == 3
     assert _sample(metrics, C.METRIC_HISTORY_POISON) == 1
+    assert _sample(metrics, C.METRIC_HISTORY_REJECTED) == 3
     metrics.observe({"result_status": C.STATUS_SUCCESS, "changed": True, "duration_s": 1.0})
     stats[0] = {**stats[0], "changes": 4}
     stats[1] = {**stats[1], "changes": 0}  # restarted: counts from 0 again
