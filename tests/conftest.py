@@ -41,6 +41,12 @@ if str(_ROOT) not in sys.path:  # `python -m pytest` adds it; plain `pytest` may
 
 from tests.support import services as svc  # noqa: E402 (needs the sys.path line above)
 
+# Loopback only: without this, every Ray the tests start (ray.init, Cluster nodes, `ray start`,
+# the CLI's own) takes the address of the machine's outward interface and its processes talk
+# over it. Ray's single-machine mode (its default on macOS and Windows) puts every node on
+# 127.0.0.1; child processes inherit it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 

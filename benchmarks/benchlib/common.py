@@ -13,6 +13,10 @@ if str(REPO) not in sys.path:  # tests.support.services starts Kafka and Postgre
     # Last, so that a PYTHONPATH copy of ray_backup (to measure a proposed change) wins.
     sys.path.append(str(REPO))
 RESULTS = HERE / "results"
+# Loopback only, as the tests: every Ray a benchmark starts (and every child process: the
+# CLI, `ray start`) puts its nodes on 127.0.0.1 instead of the outward interface's address
+# (Ray's single-machine mode, its default on macOS and Windows).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Ray's sockets and session files live here, apart from /tmp/ray, so a benchmark never
 # joins (or is joined by) another Ray instance running on the same machine.
 RAY_TEMP_DIR = os.path.join(tempfile.gettempdir(), "rb-bench-ray")

@@ -52,6 +52,13 @@ def running_job(cluster, sim_fleet, redis_url, redis_prefix, tmp_path):
         assert locks == [], "a device lock was left behind"
 
 
+def test_every_node_is_on_loopback(cluster):
+    """The tests' Ray stays on 127.0.0.0/8 (tests/conftest.py), never the outward interface."""
+    addresses = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 3
+    assert all(a.startswith("127.") for a in addresses), addresses
+
+
 def _named(prefix):
     return sorted(
         a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
