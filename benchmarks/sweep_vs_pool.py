@@ -15,12 +15,18 @@ independent asyncssh servers, each answering a padded export after ``--delay`` s
   sets ``RAY_AUTH_MODE=token`` and reads the same private token file);
 - ``cold``: the same command with ``RAY_ADDRESS=local``: the CLI starts its own Ray and
   stops it before it exits (at ``--cold-concurrency``, default 10; the warm head is
-  stopped by then).
+  stopped by then);
+- ``job``: the ``warm`` command while the long-running job runs on that head
+  (``ray-backup run --inventory …`` as its driver, ``CONFIG_BACKUP_MAX_CONCURRENT`` = K,
+  first backups a day away so it backs nothing up itself): the sweep takes its permits
+  from the job's SSH semaphore actor, as an engineer's notebook does next to the job (at
+  ``--job-concurrency``, default none).
 
 ``CONFIG_BACKUP_MAX_CONCURRENT`` is K; host keys are known (stored beforehand, the steady
 state); snapshots go to a scratch directory (no Redis, no Kafka). The ratio is the
 pool's time over ray-backup's (above 1: ray-backup is faster). Runs go in the order
-pool, warm for each K, then cold; ``--repeats`` repeats that, medians are reported.
+pool, warm for each K, job for each K, then cold; ``--repeats`` repeats that, medians are
+reported.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="K values with Ray already running (default 10,40)")
     p.add_argument("--cold-concurrency", type=bl.int_list, default=[10],
                    help="K values with the CLI starting its own Ray (default 10; empty: none)")
+    p.add_argument("--job-concurrency", type=bl.int_list, default=[],
+                   help="K values with Ray running and the job's semaphore (default: none)")
     p.add_argument("--delay", type=float, default=0.4, help="seconds before each export (default 0.4)")
     p.add_argument("--config-bytes", type=int, default=45_000, help="export size (default 45000)")
     p.add_argument("--fleet", choices=bl.FLEETS, default="independent",
@@ -73,8 +82,6 @@ def timed(argv: list[str], env: dict[str, str], timeout: float) -> dict:
     """Run ``argv`` from a scratch directory; its wall time from start to exit, the time of
     its first stdout line and the stdout lines; killed after ``timeout`` s. A new session,
     so that whatever it leaves behind (a Ray it started) can be stopped by its group."""
-    import threading
-
     started = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -133,6 +140,41 @@ def run_cli(inventory: Path, k: int, env: dict[str, str], timeout: float) -> dic
             "statuses": bl.status_counts(results), "first_result_s": out.pop("first_line_s")}
 
 
+class RunningJob:
+    """``ray-backup run`` as the job's driver on a started head, quiet (no backups of its
+    own) and capped at ``k`` SSH sessions; stopped with ``ray-backup stop``."""
+
+    def __init__(self, inventory: Path, k: int, env: dict[str, str], timeout: float) -> None:
+        self.env = {**env, **bl.QUIET_JOB_ENV, "CONFIG_BACKUP_MAX_CONCURRENT": str(k),
+                    "RAY_BACKUP_OUTPUT_DIR": bl.scratch("rb-bench-job-")}
+        self.proc = subprocess.Popen(
+            [str(BIN / "ray-backup"), "run", "--inventory", str(inventory)], env=self.env,
+            cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, start_new_session=True)
+        said: list[str] = []
+        running = threading.Event()
+
+        def read_log() -> None:  # all of it, so that the driver never blocks on a full pipe
+            for line in self.proc.stderr:
+                said.append(line)
+                if "job running:" in line:  # the driver's line once every device has a loop
+                    running.set()
+
+        threading.Thread(target=read_log, daemon=True).start()
+        if not running.wait(timeout):
+            self.stop()
+            raise RuntimeError("the job's fleet did not start:\n" + "".join(said)[-3000:])
+
+    def stop(self) -> None:
+        subprocess.run([str(BIN / "ray-backup"), "stop"], env=self.env, cwd=tempfile.gettempdir(),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        stop_group(self.proc.pid)
+
+
 # --------------------------------------------------------------------------- the comparison
 
 
@@ -163,6 +205,16 @@ def compare(args: argparse.Namespace) -> list[dict]:
                     head.check()
                     record("warm", k, repeat, run_cli(fleet.inventory, k, warm, args.timeout))
                     head.check()
+                for k in args.job_concurrency:
+                    if k not in args.concurrency:
+                        record("pool", k, repeat, run_pool(fleet.inventory, k, args.timeout))
+                    running = RunningJob(fleet.inventory, k, warm, args.timeout)
+                    try:
+                        bl.wait_quiet(patience=30)
+                        record("job", k, repeat, run_cli(fleet.inventory, k, warm, args.timeout))
+                    finally:
+                        running.stop()
+                    head.check()
             for k in args.cold_concurrency:
                 if k not in args.concurrency:
                     record("pool", k, repeat, run_pool(fleet.inventory, k, args.timeout))
@@ -171,16 +223,21 @@ def compare(args: argparse.Namespace) -> list[dict]:
     return runs
 
 
+RAY_COLUMN = {"warm": "already running", "job": "running, with the job's semaphore",
+              "cold": "started by the CLI"}
+
+
 def summarize(runs: list[dict], args: argparse.Namespace) -> list[dict]:
     rows = []
-    cells = [(k, "warm") for k in args.concurrency] + [(k, "cold") for k in args.cold_concurrency]
+    cells = ([(k, "warm") for k in args.concurrency] + [(k, "job") for k in args.job_concurrency]
+             + [(k, "cold") for k in args.cold_concurrency])
     for k, kind in cells:
         pool = [r for r in runs if (r["run"], r["concurrency"]) == ("pool", k)]
         mine = [r for r in runs if (r["run"], r["concurrency"]) == (kind, k)]
         pool_s = bl.median(r["wall_s"] for r in pool)
         rb_s = bl.median(r["wall_s"] for r in mine)
         rows.append({
-            "concurrency": k, "ray": "already running" if kind == "warm" else "started by the CLI",
+            "concurrency": k, "ray": RAY_COLUMN[kind],
             "pool_wall_s": pool_s, "ray_backup_wall_s": rb_s,
             "ratio": round(pool_s / rb_s, 3) if pool_s and rb_s else None,
             "ray_backup_first_result_s": bl.median(r["first_result_s"] for r in mine),
@@ -211,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = compare(args)
     doc = {"runs": runs, "summary": summarize(runs, args),
            "parameters": {"devices": args.devices, "concurrency": args.concurrency,
-                          "cold_concurrency": args.cold_concurrency, "delay_s": args.delay,
+                          "cold_concurrency": args.cold_concurrency,
+                          "job_concurrency": args.job_concurrency, "delay_s": args.delay,
                           "config_bytes": args.config_bytes, "fleet": args.fleet,
                           "repeats": args.repeats, "ray_cpus": args.ray_cpus,
                           "warm_up_sweeps": args.warm_up_sweeps}}

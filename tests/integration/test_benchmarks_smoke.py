@@ -39,8 +39,8 @@ TINY = {
                       "--config-bytes", "5000"],
     "first_result": ["--devices", "4", "--concurrency", "2", "--delay", "0",
                      "--config-bytes", "10000", "--sweeps", "2"],
-    "sweep_vs_pool": ["--devices", "4", "--concurrency", "2", "--cold-concurrency", "2",
-                      "--delay", "0", "--config-bytes", "10000"],
+    "sweep_vs_pool": ["--devices", "4", "--concurrency", "2", "--job-concurrency", "2",
+                      "--cold-concurrency", "2", "--delay", "0", "--config-bytes", "10000"],
     "connections": ["--devices", "6", "--seconds", "2", "--jitter", "1", "--delay", "0"],
 }
 
@@ -135,6 +135,10 @@ def test_benchmark_runs_tiny_and_writes_its_json(launched, name):
     assert doc["git_commit"] and isinstance(doc["git_clean"], bool)
     assert doc["publishable"] is doc["git_clean"]
     assert f"commit {doc['git_commit']}, " in log.read_text()
+    if name == "sweep_vs_pool":  # every row ran, the job's one through the job's semaphore
+        assert [row["ray"] for row in doc["summary"]] == [
+            "already running", "running, with the job's semaphore", "started by the CLI"]
+        assert all(row["all_ok"] for row in doc["summary"]), doc["summary"]
 
 
 def test_help_of_every_script_names_its_options():
