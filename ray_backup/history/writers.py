@@ -40,8 +40,15 @@ def start(settings: Settings, env: dict[str, str]) -> list:
     count = writer_count(settings)
     # The driver runs on the head node under `ray job submit`: the output directory is there.
     node = None if settings.database_url else ray.get_runtime_context().get_node_id()
-    writers = [options.history_writer(f"{C.HISTORY_WRITER_PREFIX}{n}", env, node)
-               for n in range(count)]
+    names = [f"{C.HISTORY_WRITER_PREFIX}{n}" for n in range(count)]
+    # Writers of an earlier start that the settings no longer call for (fewer writers, or
+    # Kafka gone) would go on consuming: they leave the group, the others take their share.
+    surplus = [(name, handle) for name, handle in running() if name not in names]
+    if surplus:
+        _retire(surplus)
+        log.info("history: stopped %d writer(s) the settings no longer call for (%s)",
+                 len(surplus), ", ".join(name for name, _ in surplus))
+    writers = [options.history_writer(name, env, node) for name in names]
     for writer in writers:  # a re-adopted writer whose loop was stopped runs again
         writer.start.remote()
     if writers:
@@ -66,7 +73,17 @@ def running() -> list[tuple[str, object]]:
 
 def stop(grace_s: float = 10.0) -> int:
     """Ask every writer to finish its message and leave the group; return how many did."""
-    writers = running()
+    return _stop_loops(running(), grace_s)
+
+
+def _retire(writers: list[tuple[str, object]], grace_s: float = 10.0) -> None:
+    """Stop these writers' loops (they leave the group cleanly), then end their actors."""
+    _stop_loops(writers, grace_s)
+    for _, handle in writers:
+        ray.kill(handle, no_restart=True)
+
+
+def _stop_loops(writers: list[tuple[str, object]], grace_s: float) -> int:
     refs = [handle.stop.remote(grace_s) for _, handle in writers]
     stopped = 0
     for (name, _), ref in zip(writers, refs, strict=True):

@@ -89,3 +89,36 @@ def test_with_kafka_and_no_database_one_writer_on_the_head_node_writes_the_direc
     finally:
         job.stop_all(grace_s=2)
     assert history_writers.running() == []
+
+
+def test_a_start_with_fewer_writers_stops_the_surplus_ones(local_ray, pg_url, kafka_bootstrap,
+                                                            make_topic, tmp_path):
+    from ray_backup.inventory.schema import init_db
+
+    init_db(pg_url)
+    env = job_env(tmp_path / "devices.yaml", tmp_path / "out", DATABASE_URL=pg_url,
+                  KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_TOPIC=make_topic(2),
+                  RAY_BACKUP_CHANGES_TOPIC=make_topic(1),
+                  RAY_BACKUP_HISTORY_GROUP=f"rb_test_{uuid.uuid4().hex[:8]}")
+
+    def start(count: int) -> list[str]:
+        wanted = {**env, "RAY_BACKUP_HISTORY_WRITERS": str(count)}
+        history_writers.start(Settings.load(environ={**os.environ, **wanted}), wanted)
+        return sorted(name for name, _ in history_writers.running())
+
+    try:
+        assert start(3) == [f"{C.HISTORY_WRITER_PREFIX}{n}" for n in range(3)]
+        # The operator lowers RAY_BACKUP_HISTORY_WRITERS and submits again.
+        assert start(1) == [f"{C.HISTORY_WRITER_PREFIX}0"]
+        # Kafka gone from the settings: the backing-up processes write history, no writer.
+        assert start_without_kafka(env) == []
+    finally:
+        history_writers.stop(grace_s=2)
+        for _, handle in history_writers.running():
+            ray.kill(handle, no_restart=True)
+
+
+def start_without_kafka(env: dict[str, str]) -> list[str]:
+    plain = {**env, "KAFKA_BOOTSTRAP_SERVERS": ""}
+    history_writers.start(Settings.load(environ={**os.environ, **plain}), plain)
+    return sorted(name for name, _ in history_writers.running())
