@@ -18,8 +18,10 @@ after the store committed and the change event is out:
   because the store is idempotent nothing is stored twice.
 
 A change event whose publication fails after its version was stored is kept and
-retried with the message (a retried store would only find a duplicate and never
-announce it); it is lost only if this process dies in between.
+retried with the message. If this process dies in between, the message comes again
+and the store finds a duplicate of its own newest version (same hash, same collection
+time): the change event of that version goes out then (``rules.redelivered_change``),
+so change events are at least once.
 
 Plain Python: ``actors/options.py`` makes it a Ray actor; ``history/writers.py``
 starts and stops the group.
@@ -39,6 +41,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from ray_backup import logs
 from ray_backup.history.base import ChangeEvent, ChangeSink, HistoryRejected, HistoryStore
 from ray_backup.history.events import PoisonMessage, failure_line, parse_snapshot
+from ray_backup.history.rules import redelivered_change
 from ray_backup.settings import Settings
 from ray_backup.sinks.kafka_config import security_config
 
@@ -172,7 +175,8 @@ class HistoryWriter:
         change = self._unannounced.get(where)
         if change is None:
             try:
-                stored = self._store(parse_snapshot(msg.value()))
+                snapshot = parse_snapshot(msg.value())
+                stored = self._store(snapshot)
             except (PoisonMessage, HistoryRejected) as exc:
                 # Never storable: retrying would only stop the partition behind it.
                 self.counts["poison" if isinstance(exc, PoisonMessage) else "rejected"] += 1
@@ -183,8 +187,17 @@ class HistoryWriter:
             if stored is None:
                 self._retry_later(consumer, msg)
                 return
-            self.counts[stored.outcome] += 1
             change = stored.change
+            if change is None:
+                try:
+                    change = redelivered_change(self.store, snapshot, stored)
+                except Exception as exc:  # cannot tell whether it was announced: hold the offset
+                    self.counts["store_failures"] += 1
+                    log.warning("history writer %s: device %s: cannot read its newest versions "
+                                "(%s); retrying", self.name, snapshot.device_id, failure_line(exc))
+                    self._retry_later(consumer, msg)
+                    return
+            self.counts[stored.outcome] += 1
         if change is not None and not self._announce(where, change):
             self._retry_later(consumer, msg)
             return

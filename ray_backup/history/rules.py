@@ -75,6 +75,26 @@ def change_event(old: Version, new: Version) -> ChangeEvent:
     )
 
 
+def redelivered_change(store, snapshot: Snapshot, stored) -> ChangeEvent | None:
+    """The change event of the version that this very snapshot created, when it comes again.
+
+    A writer that stored a new version and died before publishing its change event leaves
+    the snapshot's offset uncommitted: the group delivers it again, the store finds a
+    duplicate, and without this the change event would never go out. The same snapshot
+    (hash and collection time of the newest version) gets its change event again: change
+    events are at least once, keyed by ``new_snapshot_id``. A later backup of an unchanged
+    configuration has a later collection time and announces nothing.
+    """
+    newest = stored.version
+    if stored.outcome != "duplicate" or newest is None \
+            or parse_time(snapshot.collected_at) != parse_time(newest.collected_at):
+        return None
+    found = store.versions(snapshot.device_id, limit=2)
+    if len(found) < 2 or found[0].snapshot_id != newest.snapshot_id:
+        return None  # the device's first version: no change to announce
+    return change_event(found[1], found[0])
+
+
 def match_ref(device_id: str, ids: list[str], ref: str) -> str:
     """The one id equal to ``ref`` or starting with it (8 characters at least)."""
     ref = ref.strip().lower()

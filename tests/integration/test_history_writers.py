@@ -148,6 +148,27 @@ def test_a_new_version_publishes_a_change_event_without_config_text(history_sett
     assert all(e["lines_added"] == 1 and e["sections"] for e in found)
 
 
+def test_a_version_stored_by_a_writer_that_died_before_announcing_it_is_announced_on_redelivery(
+        history_settings, writers, texts):
+    settings = history_settings()
+    first, second = snapshot(texts[0], at(0)), snapshot(texts[1], at(1))
+    # A writer stored both versions and died before publishing the second one's change
+    # event and committing its offset: the group delivers that snapshot again.
+    store = open_history(settings)
+    store.store(first)
+    assert store.store(second).change is not None
+    unchanged_later = snapshot(texts[1], at(2))  # the next backup: same configuration
+    produce(settings, events([second, unchanged_later]))
+    (writer,) = writers(settings)
+    wait_for(lambda: writer.stats()["duplicate"] == 2, 30, "both seen")
+    found = changes_on(settings, expected=1)
+    assert [(e["old_sha256_hash"], e["new_sha256_hash"]) for e in found] == [
+        (first.sha256_hash, second.sha256_hash)]  # announced once, the unchanged one not at all
+    assert found[0]["new_snapshot_id"] == store.versions(second.device_id)[0].snapshot_id
+    assert writer.stats()["changes"] == 1 and writer.stats()["new"] == 0
+    assert committed(settings) == [2]
+
+
 def test_poison_messages_are_skipped_and_committed_and_the_writer_lives_on(
         history_settings, writers, texts, caplog):
     settings = history_settings()
