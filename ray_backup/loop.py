@@ -315,13 +315,14 @@ async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, 
     """
     lease = await deps.permits.acquire(device.id, deps.schedule.lease_s)
     lease_held = True
+    coordinate = in_thread if getattr(deps.coordinator, "blocking", True) else _inline
     try:
-        lock = await in_thread(deps.coordinator.acquire_lock, device.id, deps.schedule.lock_ttl)
+        lock = await coordinate(deps.coordinator.acquire_lock, device.id, deps.schedule.lock_ttl)
         if lock is None:
             log.info("device %s: skipped, locked by another process", device.id)
             return BackupResult(device.id, C.STATUS_LOCKED), device
         try:
-            async with LockRenewer(lock, deps.schedule.lock_ttl, in_thread):
+            async with LockRenewer(lock, deps.schedule.lock_ttl, coordinate):
                 fetched, device = await in_thread(deps.collector.fetch, device)
                 lease_held = False
                 await deps.permits.release(lease, device.id)
@@ -329,10 +330,16 @@ async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, 
                     return fetched, device
                 return await in_thread(deps.collector.deliver, fetched), device
         finally:
-            await in_thread(_release_quietly, lock, device.id)
+            await coordinate(_release_quietly, lock, device.id)
     finally:
         if lease_held:
             await deps.permits.release(lease, device.id)
+
+
+async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """``in_thread``'s stand-in for a coordinator that never blocks (in memory): two thread
+    hand-offs per backup cost more than its calls, and under a busy GIL each can wait."""
+    return fn(*args)
 
 
 def _release_quietly(lock: Any, device_id: str) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from ray_backup import logs
 from ray_backup.backup import Collector
 from ray_backup.coordination.base import open_coordinator
-from ray_backup.credentials.resolver import CredentialResolver
+from ray_backup.credentials.resolver import CredentialResolver, FileLogins
 from ray_backup.inventory.base import open_inventory
 from ray_backup.inventory.trust import HostKeys, InventoryHostKeys, SupervisorHostKeys, VerifyNotes
 from ray_backup.loop import LoopDeps, Permits, Schedule, in_thread
@@ -27,11 +27,13 @@ class Runtime:
     """
 
     def __init__(self, settings: Settings, host_keys: HostKeys | None = None,
-                 verify_notes: VerifyNotes | None = None) -> None:
+                 verify_notes: VerifyNotes | None = None,
+                 file_logins: FileLogins | None = None) -> None:
         self.settings = settings
         self.coordinator = open_coordinator(settings)
         self.sink = open_sink(settings)
-        self.credentials = CredentialResolver(settings)
+        # A fleet worker's runtimes share ``file_logins``: one parse per inventory change.
+        self.credentials = CredentialResolver(settings, file_logins=file_logins)
         self.host_keys = host_keys or InventoryHostKeys(lambda: open_inventory(settings))
         # Shared by a fleet worker's runtimes of one inventory (see ``actors.worker``):
         # their owner closes it.

@@ -41,6 +41,8 @@ class LocalCoordinator:
     """Every device online; locks and state in memory (threads of one process)."""
 
     available = True
+    # Its calls never wait on I/O: callers may run them on the event loop (see loop.py).
+    blocking = False
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

@@ -23,6 +23,50 @@ from ray_backup.settings import Settings
 MAX_CACHED = 4096
 
 
+class FileLogins:
+    """Inventory files' logins by device id, parsed again only when a file changed.
+
+    Thread-safe. A process that builds several resolvers over time (a fleet worker,
+    one per sweep) shares one, so an unchanged inventory is parsed once, not per sweep.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parsing = threading.Lock()
+        self._files: dict[str, tuple[tuple[int, ...], dict[str, Credentials]]] = {}
+
+    def __repr__(self) -> str:
+        return f"FileLogins(files={len(self._files)})"
+
+    def get(self, path: str) -> dict[str, Credentials]:
+        """The file's logins by id; ``CredentialsError`` when it cannot be used."""
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise CredentialsError(
+                f"cannot read inventory file {path} on this node ({exc.strerror})"
+            ) from None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+        # One parse per change: the many backups that start together would otherwise
+        # each parse the whole file (a sweep's first K backups, one YAML parse each).
+        with self._parsing:
+            with self._lock:
+                cached = self._files.get(path)
+            if cached and cached[0] == stamp:
+                return cached[1]
+            try:
+                logins = load_secrets(path)
+            except ConfigError as exc:
+                raise CredentialsError(f"cannot use inventory file: {exc}") from None
+            with self._lock:
+                self._files[path] = (stamp, logins)
+            return logins
+
+    def clear(self) -> None:
+        with self._lock:
+            self._files.clear()
+
+
 class CredentialResolver:
     """Resolves and caches credentials per (device id, credential digest)."""
 
@@ -31,6 +75,7 @@ class CredentialResolver:
         settings: Settings,
         transit: TransitClient | None = None,
         clock: Callable[[], float] = time.monotonic,
+        file_logins: FileLogins | None = None,
     ) -> None:
         self._ttl = settings.credential_cache_ttl
         self._key = settings.credential_encryption_key
@@ -38,9 +83,8 @@ class CredentialResolver:
         self._transit = transit or TransitClient.from_settings(settings)
         self._clock = clock
         self._lock = threading.Lock()
-        self._parsing = threading.Lock()
         self._cache: dict[tuple[str, str], tuple[float, Credentials]] = {}
-        self._files: dict[str, tuple[tuple[int, ...], dict[str, Credentials]]] = {}
+        self._files = file_logins or FileLogins()
 
     def __repr__(self) -> str:
         return f"CredentialResolver(transit={self._transit is not None}, cached={len(self._cache)})"
@@ -100,31 +144,7 @@ class CredentialResolver:
         return self._legacy
 
     def _from_file(self, path: str, device_id: str) -> Credentials:
-        logins = self._file_logins(path)
+        logins = self._files.get(path)
         if device_id not in logins:
             raise CredentialsError(f"device is no longer a valid row of {path}")
         return logins[device_id]
-
-    def _file_logins(self, path: str) -> dict[str, Credentials]:
-        """The file's logins by id, parsed again only when the file changed."""
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise CredentialsError(
-                f"cannot read inventory file {path} on this node ({exc.strerror})"
-            ) from None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
-        # One parse per change: the many backups that start together would otherwise
-        # each parse the whole file (a sweep's first K backups, one YAML parse each).
-        with self._parsing:
-            with self._lock:
-                cached = self._files.get(path)
-            if cached and cached[0] == stamp:
-                return cached[1]
-            try:
-                logins = load_secrets(path)
-            except ConfigError as exc:
-                raise CredentialsError(f"cannot use inventory file: {exc}") from None
-            with self._lock:
-                self._files[path] = (stamp, logins)
-            return logins

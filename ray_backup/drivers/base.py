@@ -57,7 +57,12 @@ class Driver:
     def normalize(self, raw: str) -> str:
         """Apply the cleanup rules, then the shared white-space rules."""
         # "\r\r\n" is what a pty makes of "\r\n" (onlcr): one line end, not a blank line.
-        text = _CR_LF.sub("\n", raw).replace("\r", "\n")
+        # Without "\r\r" every run of "\r" is one long: plain replaces do the regex's work
+        # (a 45 KB export has ~1,300 line ends; substituting each costs the regex ~0.4 ms).
+        if "\r\r" in raw:
+            text = _CR_LF.sub("\n", raw).replace("\r", "\n")
+        else:
+            text = raw.replace("\r\n", "\n").replace("\r", "\n")
         # Trailing white space first, so that rules can anchor on line ends.
         text = "\n".join(line.rstrip() for line in text.split("\n"))
         for step in self.cleanup:

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from ray_backup.credentials.legacy import encrypt_credentials
-from ray_backup.credentials.resolver import CredentialResolver
+from ray_backup.credentials.resolver import CredentialResolver, FileLogins
 from ray_backup.errors import CredentialsError
 from ray_backup.inventory.yamlfile import YamlInventory
 from ray_backup.models import CredentialRef, Credentials, Device, secret_digest
@@ -198,3 +198,28 @@ def test_inventory_file_gone_or_row_removed(tmp_path):
     path.unlink()
     with pytest.raises(CredentialsError, match="cannot read inventory file"):
         r.resolve(d)
+
+
+def test_resolvers_sharing_file_logins_parse_an_unchanged_file_once(tmp_path, monkeypatch):
+    import ray_backup.credentials.resolver as resolver_module
+
+    path = tmp_path / "inv.yaml"
+    write_inventory(path)
+    d = YamlInventory(path).load().devices[0]
+    parses = []
+    real = resolver_module.load_secrets
+    monkeypatch.setattr(resolver_module, "load_secrets", lambda p: parses.append(p) or real(p))
+    shared = FileLogins()
+
+    def fresh() -> CredentialResolver:  # a fleet worker builds one per sweep
+        return CredentialResolver(Settings(credential_cache_ttl=0.0), file_logins=shared)
+
+    assert fresh().resolve(d).password == "pw1"
+    assert fresh().resolve(d).password == "pw1"
+    assert len(parses) == 1
+    write_inventory(path, password="a-longer-password")
+    assert fresh().resolve(d).password == "a-longer-password"
+    assert len(parses) == 2
+    shared.clear()
+    assert fresh().resolve(d).password == "a-longer-password"
+    assert len(parses) == 3

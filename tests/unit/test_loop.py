@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import threading
 import time
 
 import pytest
@@ -360,3 +361,34 @@ def test_the_device_lock_is_renewed_while_a_long_backup_runs():
     assert run(loop.tick()).ok
     assert seen == {"taken_by_another": False}
     assert coordinator.acquire_lock(DEVICE.id, 10) is not None  # released after the backup
+
+
+class ThreadNotingCoordinator(FakeCoordinator):
+    """Notes the thread its lock calls run on."""
+
+    def __init__(self, blocking):
+        super().__init__()
+        self.blocking = blocking
+        self.threads = []
+
+    def acquire_lock(self, device_id, ttl_s):
+        self.threads.append(threading.get_ident())
+        lock = super().acquire_lock(device_id, ttl_s)
+        release = lock.release
+
+        def noting_release():
+            self.threads.append(threading.get_ident())
+            release()
+
+        lock.release = noting_release
+        return lock
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_lock_calls_of_a_non_blocking_coordinator_stay_on_the_event_loop(blocking):
+    coordinator = ThreadNotingCoordinator(blocking)
+    loop, _ = make_loop(ScriptedCollector("ok"), coordinator)
+    assert run(loop.tick()).ok
+    assert coordinator.locks_held == 0 and len(coordinator.threads) == 2
+    on_loop = [t == threading.get_ident() for t in coordinator.threads]
+    assert on_loop == [not blocking, not blocking]

@@ -149,3 +149,24 @@ def test_normalize_never_fails_and_output_is_tidy(text):
     assert all(line == line.rstrip() for line in out.split("\n"))
     reason = DRIVER.reject_reason(text)
     assert reason is None or isinstance(reason, str)
+
+
+def _line_ends_by_regex(text):
+    """The line-end rule as first written: one regex, then any lone CR."""
+    return re.sub(r"\r+\n", "\n", text).replace("\r", "\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["\r", "\n", "\r\n", "\r\r\n", " ", "a", "/ip", "\\"]),
+                max_size=60).map("".join))
+def test_line_ends_match_the_regex_rule_with_or_without_double_cr(text):
+    # normalize takes a fast path without "\r\r"; both paths must hash like the regex rule.
+    expected = DRIVER.normalize(_line_ends_by_regex(text))
+    assert DRIVER.normalize(text) == expected
+
+
+@pytest.mark.parametrize("ends", ["\r\n", "\r\r\n", "\r", "\n\r"])
+def test_pty_line_ends_are_one_line_end(ends):
+    text = "/interface\nset ether1 name=wan\n\n/ip address\nadd address=10.0.0.1/24\n"
+    assert DRIVER.normalize(text.replace("\n", ends)) == DRIVER.normalize(
+        _line_ends_by_regex(text.replace("\n", ends)))
