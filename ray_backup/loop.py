@@ -187,7 +187,7 @@ class DeviceLoop:
         """The result, and the row the backup ran with (with what it learned)."""
         dev, deps = self.device, self.deps
         if not manual:
-            if not await in_thread(deps.coordinator.is_online, dev.id):
+            if not await calling(deps.coordinator)(deps.coordinator.is_online, dev.id):
                 log.debug("device %s: skipped, offline", dev.id)
                 return BackupResult(dev.id, C.STATUS_SKIPPED_OFFLINE), dev
             reason = sm.gate(self.state, deps.clock.time())
@@ -315,7 +315,7 @@ async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, 
     """
     lease = await deps.permits.acquire(device.id, deps.schedule.lease_s)
     lease_held = True
-    coordinate = in_thread if getattr(deps.coordinator, "blocking", True) else _inline
+    coordinate = calling(deps.coordinator)
     try:
         lock = await coordinate(deps.coordinator.acquire_lock, device.id, deps.schedule.lock_ttl)
         if lock is None:
@@ -336,9 +336,14 @@ async def guarded_backup(device: Device, deps: LoopDeps) -> tuple[BackupResult, 
             await deps.permits.release(lease, device.id)
 
 
+def calling(coordinator: Any) -> Callable[..., Awaitable[Any]]:
+    """How to call ``coordinator``: in a thread (``in_thread``; a hung Redis costs a socket
+    timeout), or on the event loop when it says its calls never wait on I/O (``blocking =
+    False``: in memory), where thread hand-offs would cost more than the calls."""
+    return in_thread if getattr(coordinator, "blocking", True) else _inline
+
+
 async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
-    """``in_thread``'s stand-in for a coordinator that never blocks (in memory): two thread
-    hand-offs per backup cost more than its calls, and under a busy GIL each can wait."""
     return fn(*args)
 
 

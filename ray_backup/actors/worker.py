@@ -21,11 +21,10 @@ from ray_backup import constants as C
 from ray_backup import errors, logs
 from ray_backup.actors.permits import LocalPermits, PooledPermits
 from ray_backup.actors.plan import SweepPlan, code_id
-from ray_backup.coordination.local import LocalCoordinator
 from ray_backup.credentials.resolver import FileLogins
 from ray_backup.inventory.base import open_inventory
 from ray_backup.inventory.trust import InventoryHostKeys, VerifyNotes
-from ray_backup.loop import LoopDeps, guarded_backup, in_thread
+from ray_backup.loop import LoopDeps, calling, guarded_backup, in_thread
 from ray_backup.models import Device
 from ray_backup.runtime import Runtime
 from ray_backup.settings import Settings
@@ -117,7 +116,7 @@ async def backup_one(device: Device, deps: LoopDeps, locked_patience_s: float = 
     retry after a lost worker needs it: the lost worker's lock outlives it until
     its TTL, and ``locked`` would then be reported for a device nobody backed up.
     """
-    if not await _online(deps.coordinator, device.id):
+    if not await calling(deps.coordinator)(deps.coordinator.is_online, device.id):
         return {"device_id": device.id, "status": C.STATUS_SKIPPED_OFFLINE, "sha256_hash": None,
                 "error_kind": None, "error": None, "duration_s": 0.0}
     deadline = time.monotonic() + locked_patience_s
@@ -126,13 +125,6 @@ async def backup_one(device: Device, deps: LoopDeps, locked_patience_s: float = 
         if result.status != C.STATUS_LOCKED or time.monotonic() >= deadline:
             return result.to_json()
         await asyncio.sleep(min(LOCKED_POLL_S, max(0.0, deadline - time.monotonic())))
-
-
-async def _online(coordinator, device_id: str) -> bool:
-    # Without Redis every device is online: no thread hop for a known answer.
-    if isinstance(coordinator, LocalCoordinator):
-        return True
-    return await in_thread(coordinator.is_online, device_id)
 
 
 def _error(device: Device, exc: BaseException) -> dict:
